@@ -1,0 +1,35 @@
+# make demo: set up .venv and train SimCLR on the bundled data (CPU, a few minutes).
+# make test: set up .venv and run every test (core and plugins).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jef-installed
+PLUGINS := $(wildcard plugins/jef-plugin-*)
+# torch/torchvision pinned here (pyproject.toml declares a range) so every machine gets the same build.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test docs clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/jef train examples/demo.yaml --run-dir runs/demo
+
+test: install
+	$(PY) -m pytest -q tests plugins
+
+docs: install
+	$(PY) -m pip install --quiet -e '.[docs]'
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) runs site

@@ -1,0 +1,189 @@
+"""The ``views`` augmenter: batched SimCLR/BYOL/multi-crop views on the training device.
+
+Each transform is one vectorised operation over every view of every image,
+with parameters drawn per sample (:mod:`jef.augment.params`), applied in the
+order of SimCLR and BYOL: random resized crop and horizontal flip (a single
+affine resample), colour jitter, grayscale, Gaussian blur, solarisation,
+normalisation.
+
+References:
+    [1] Chen et al., A Simple Framework for Contrastive Learning of Visual
+        Representations (SimCLR), 2020, arXiv:2002.05709, app. A.
+    [2] Grill et al., Bootstrap Your Own Latent (BYOL), 2020, arXiv:2006.07733, app. B.
+    [3] Caron et al., Unsupervised Learning of Visual Features by Contrasting
+        Cluster Assignments (SwAV, multi-crop), 2020, arXiv:2006.09882.
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jef.augment import ops
+from jef.augment.options import ViewsOptions
+from jef.augment.params import ViewParams, sample_params
+from jef.components import RunContext
+
+__all__ = ["ViewsAugmenter", "build_views"]
+
+#: Parameter name in :func:`sample_params` -> probability option.
+_PROBS = {"flip": "flip_p", "jitter": "jitter_p", "gray": "grayscale_p", "blur": "blur_p",
+          "solarize": "solarize_p"}
+
+
+class ViewsAugmenter(nn.Module):
+    """Makes ``n_global`` global then ``n_local`` local views of a batch, per-sample random.
+
+    Args:
+        options: The recipe; SimCLR's CIFAR-10 views by default [1].
+        in_channels: Channels of the images it will see, when known, to
+            check the normalisation statistics at construction.
+
+    Attributes:
+        options: The options it was built with.
+        n_global: Global views (side ``size``), first in the output.
+        n_local: Local views (side ``local_size``).
+        n_views: ``n_global + n_local``.
+        size: Side of the global views and of :meth:`eval_view`'s output.
+        local_size: Side of the local views.
+    """
+
+    def __init__(self, options: ViewsOptions | None = None, *, in_channels: int | None = None) -> None:
+        super().__init__()
+        self.options = options if options is not None else ViewsOptions()
+        o = self.options
+        self.n_global, self.n_local = o.n_global, o.n_local
+        self.n_views = o.n_global + o.n_local
+        self.size, self.local_size = o.size, o.resolved_local_size
+        if in_channels is not None:
+            if in_channels not in (1, 3):
+                raise ValueError(f"views augmenter: supports 1- or 3-channel images, got in_channels={in_channels}")
+            o.channel_stats(in_channels)
+        # Per-view probabilities as small CPU tensors: parameters are drawn on the CPU.
+        self._probs = {key: torch.tensor(o.per_view(name)) for key, name in _PROBS.items()}
+        self._blur = any(p > 0.0 for p in o.per_view("blur_p"))
+
+    def extra_repr(self) -> str:
+        return (f"n_global={self.n_global}, n_local={self.n_local}, size={self.size}, "
+                f"local_size={self.local_size}")
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Random views of a batch.
+
+        Args:
+            images: ``[B, C, H, W]``, ``C`` in {1, 3}, uint8 in 0..255 or float
+                in ``[0, 1]``, on any device.
+            generator: Source of every random parameter (same seed, same
+                views); None uses the global RNG.
+
+        Returns:
+            ``n_views`` float32 tensors on ``images``' device: ``n_global`` of
+            shape ``[B, C, size, size]`` then ``n_local`` of shape
+            ``[B, C, local_size, local_size]``; normalised unless
+            ``options.normalize`` is false (then in ``[0, 1]``).
+        """
+        with torch.no_grad(), _full_precision(images):
+            return self._views(ops.to_float(images), generator)
+
+    def _views(self, x: Tensor, generator: torch.Generator | None) -> list[Tensor]:
+        o = self.options
+        groups = ((0, self.n_global, self.size, o.scale), (self.n_global, self.n_views, self.local_size, o.local_scale))
+        views: list[Tensor] = []
+        for start, stop, size, scale in groups:
+            if stop == start:
+                continue
+            params = sample_params(
+                {key: p[start:stop] for key, p in self._probs.items()}, n_views=stop - start,
+                batch=x.shape[0], aspect=x.shape[-1] / x.shape[-2], scale=scale, ratio=o.ratio,
+                jitter_strength=(o.brightness, o.contrast, o.saturation, o.hue), blur_sigma=o.blur_sigma,
+                generator=generator).to(x.device)
+            out = self._normalize(self.transform(x, params, size))
+            views.extend(out.split(x.shape[0]))
+        return views
+
+    def transform(self, x: Tensor, params: ViewParams, size: int) -> Tensor:
+        """Apply drawn parameters to float images in ``[0, 1]``; no normalisation.
+
+        Args:
+            x: ``[B, C, H, W]`` float32 images in ``[0, 1]``.
+            params: Parameters of ``V`` views, on ``x``'s device.
+            size: Output side.
+
+        Returns:
+            ``[V * B, C, size, size]`` in ``[0, 1]``, view-major.
+        """
+        out = ops.resample(x, params.theta, size)
+        out = self._jitter(out, params)
+        if out.shape[1] == 3:
+            out = ops.random_grayscale(out, params.gray)
+        if self._blur:  # skip the two convolutions when blur is off for every view
+            kernels = ops.gaussian_kernels(params.sigma, params.blur,
+                                           ops.blur_kernel_size(size, self.options.blur_kernel))
+            out = ops.gaussian_blur(out, kernels)
+        return ops.solarize(out, params.solarize, self.options.solarize_threshold)
+
+    def _jitter(self, x: Tensor, params: ViewParams) -> Tensor:
+        # Colour jitter as torchvision's ColorJitter [1]: each operation with a
+        # per-sample factor (identity where the jitter was not drawn). A random
+        # order per sample without a loop over samples: in round r every sample
+        # runs only its r-th operation, the others getting identity factors.
+        rgb = x.shape[1] == 3
+        identity = params.jitter.new_tensor([1.0, 1.0, 1.0, 0.0])
+        ops_ids = torch.arange(4, device=x.device)
+        rounds = 4 if self.options.jitter_random_order else 1
+        for r in range(rounds):
+            factors = params.jitter
+            if rounds > 1:
+                factors = torch.where(params.order[:, r:r + 1] == ops_ids, factors, identity)
+            brightness, contrast, saturation, hue = factors.unbind(dim=1)
+            x = ops.adjust_brightness(x, brightness)
+            x = ops.adjust_contrast(x, contrast)
+            if rgb:
+                x = ops.adjust_saturation(x, saturation)
+                if self.options.hue > 0.0:
+                    x = ops.adjust_hue(x, hue)
+        return x
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        if not self.options.normalize:
+            return x
+        mean, std = self.options.channel_stats(x.shape[1])
+        return ops.normalize(x, x.new_tensor(mean), x.new_tensor(std))
+
+    def eval_view(self, images: Tensor) -> Tensor:
+        """Deterministic test-time view: centre square, resized to ``size``, normalised.
+
+        Args:
+            images: ``[B, C, H, W]`` uint8 or float in ``[0, 1]``, on any device.
+
+        Returns:
+            ``[B, C, size, size]`` float32 on ``images``' device.
+        """
+        with torch.no_grad(), _full_precision(images):
+            return self._eval_view(ops.to_float(images, who="views augmenter (eval_view)"))
+
+    def _eval_view(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        side = min(h, w)
+        if h != w:
+            top, left = (h - side) // 2, (w - side) // 2
+            x = x[..., top:top + side, left:left + side]
+        if side != self.size:
+            # Antialiased when shrinking, as torchvision's Resize, the usual test-time transform.
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=side > self.size).clamp_(0.0, 1.0)
+        return self._normalize(x)
+
+
+def _full_precision(images: Tensor) -> contextlib.AbstractContextManager:
+    # The training step may run under autocast; views stay float32 so that
+    # mixed precision starts at the backbone, not inside the blur and resample.
+    if images.device.type in ("cuda", "cpu", "xpu", "mps"):
+        return torch.autocast(images.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def build_views(options: ViewsOptions, ctx: RunContext) -> ViewsAugmenter:
+    """Factory of the ``views`` augmenter; reads only ``ctx.in_channels`` (to check ``mean``/``std``)."""
+    return ViewsAugmenter(options, in_channels=ctx.in_channels)

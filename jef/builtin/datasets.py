@@ -1,0 +1,33 @@
+"""Built-in datasets, registered through the ``jef_register_datasets`` hook."""
+
+from collections.abc import Callable
+
+from jef.data.fashion import (PAPER as FASHION_PAPER, FashionMiniOptions, FashionOptions, build_fashion_mnist,
+                              build_fashion_mnist_mini)
+from jef.data.folder import FolderOptions, build_image_folder
+from jef.data.idx import IdxOptions, build_idx
+from jef.data.synthetic import SyntheticOptions, build_synthetic
+from jef.data.tvision import TorchvisionOptions, build_torchvision
+from jef.hookspecs import hookimpl
+
+
+@hookimpl
+def jef_register_datasets(register: Callable[..., None]) -> None:
+    """Register fashion_mnist_mini, fashion_mnist, idx, torchvision, image_folder and synthetic."""
+    register("fashion_mnist_mini", build_fashion_mnist_mini, options=FashionMiniOptions,
+             description="Bundled class-balanced Fashion-MNIST subset: 10k train / 2k test, 28x28 grey, "
+                         "works offline",
+             paper=FASHION_PAPER)
+    register("fashion_mnist", build_fashion_mnist, options=FashionOptions,
+             description="Full Fashion-MNIST (60k/10k) from local IDX files (root, torchvision layout, "
+                         "or Debian's /usr/share/datasets/fashion-mnist)",
+             paper=FASHION_PAPER)
+    register("idx", build_idx, options=IdxOptions,
+             description="Images and optional labels from IDX files (gzip or raw), e.g. MNIST, KMNIST",
+             paper="LeCun, Cortes & Burges, The MNIST database (IDX file format)")
+    register("torchvision", build_torchvision, options=TorchvisionOptions,
+             description="Any torchvision.datasets class by name (CIFAR10, STL10, SVHN, ...), decoded lazily")
+    register("image_folder", build_image_folder, options=FolderOptions,
+             description="A folder of images: subfolders as classes, or flat and unlabelled; resized on load")
+    register("synthetic", build_synthetic, options=SyntheticOptions,
+             description="Procedural texture classes (stripes, dots, rings, ...) for tests and quick CPU runs")

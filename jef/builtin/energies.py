@@ -1,0 +1,106 @@
+"""Built-in energies D: per-sample distances between an online output and a target embedding.
+
+The objective averages ``D(p_a^n, t_b^n)`` over samples and over ordered view
+pairs (a, b) (see :class:`jef.pipeline.Objective`). Each energy here is a thin
+``nn.Module`` over a pure function of :mod:`jef.functional`.
+
+References:
+    [1] Chen et al., A Simple Framework for Contrastive Learning of Visual
+        Representations (SimCLR), 2020, arXiv:2002.05709.
+    [2] Grill et al., Bootstrap Your Own Latent (BYOL), 2020, arXiv:2006.07733.
+    [3] Chen & He, Exploring Simple Siamese Representation Learning (SimSiam),
+        2021, arXiv:2011.10566.
+"""
+
+import attrs
+from attrs import validators as v
+from torch import Tensor, nn
+
+from jef.functional import cosine_distance, mse, scaled_cosine
+from jef.components import NoOptions, RunContext
+from jef.hookspecs import hookimpl
+
+__all__ = ["CosineEnergy", "MSEEnergy", "ScaledCosineEnergy", "ScaledCosineOptions", "build_cosine",
+           "build_mse", "build_scaled_cosine", "jef_register_energies"]
+
+
+@attrs.frozen(kw_only=True)
+class ScaledCosineOptions:
+    """Options of the ``scaled_cosine`` energy."""
+
+    temperature: float = attrs.field(
+        default=0.1, validator=v.gt(0.0),
+        metadata={"doc": "τ in -cos/τ; set it equal to the info_nce functional's temperature for NT-Xent"},
+    )
+
+
+class CosineEnergy(nn.Module):
+    """``1 - cos(a, b)`` per sample (BYOL [2] up to a factor 2, SimSiam [3] up to a constant)."""
+
+    symmetric = True
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """``[N, d], [N, d] -> [N]``."""
+        return cosine_distance(a, b)
+
+
+class MSEEnergy(nn.Module):
+    """Squared error averaged over dimensions per sample; its batch mean is ``F.mse_loss``."""
+
+    symmetric = True
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """``[N, d], [N, d] -> [N]``."""
+        return mse(a, b)
+
+
+class ScaledCosineEnergy(nn.Module):
+    """``-cos(a, b) / τ`` per sample: the positive-pair term of NT-Xent [1].
+
+    Args:
+        temperature: ``τ > 0``.
+    """
+
+    symmetric = True
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"scaled_cosine: temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """``[N, d], [N, d] -> [N]``."""
+        return scaled_cosine(a, b, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+def build_cosine(options: NoOptions, ctx: RunContext) -> CosineEnergy:
+    """The ``cosine`` energy."""
+    return CosineEnergy()
+
+
+def build_mse(options: NoOptions, ctx: RunContext) -> MSEEnergy:
+    """The ``mse`` energy."""
+    return MSEEnergy()
+
+
+def build_scaled_cosine(options: ScaledCosineOptions, ctx: RunContext) -> ScaledCosineEnergy:
+    """The ``scaled_cosine`` energy."""
+    return ScaledCosineEnergy(options.temperature)
+
+
+@hookimpl
+def jef_register_energies(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+    """Register ``cosine``, ``mse`` and ``scaled_cosine``."""
+    register("cosine", build_cosine, options=NoOptions,
+             description="cosine distance 1 - cos(p, t) per sample",
+             paper="Grill et al., Bootstrap Your Own Latent (BYOL), arXiv:2006.07733")
+    register("mse", build_mse, options=NoOptions,
+             description="squared error averaged over dimensions per sample",
+             paper="Bardes et al., VICReg (invariance term), arXiv:2105.04906")
+    register("scaled_cosine", build_scaled_cosine, options=ScaledCosineOptions,
+             description="-cos(p, t)/τ: the positive term of NT-Xent (pair with the info_nce functional)",
+             paper="Chen et al., A Simple Framework for Contrastive Learning (SimCLR), arXiv:2002.05709")

@@ -1,0 +1,127 @@
+"""Built-in monitors: the collapse monitor.
+
+A monitor is an object with ``@hookimpl`` run hooks; jef registers it as a
+plugin only while a run that selected it is going on.
+"""
+
+import logging
+import math
+import warnings
+from typing import Any
+
+import attrs
+
+from jef.components import RunContext, StepOutputs
+from jef.evaluate.collapse import CollapseWarning, effective_rank, embedding_std
+from jef.hookspecs import hookimpl
+
+__all__ = ["CollapseMonitor", "CollapseOptions", "build_collapse", "jef_register_monitors"]
+
+logger = logging.getLogger("jef")
+
+
+@attrs.frozen(kw_only=True)
+class CollapseOptions:
+    """Options of the collapse monitor."""
+
+    every: int = attrs.field(default=10, validator=attrs.validators.ge(1),
+                             metadata={"doc": "check every this many optimiser steps"})
+    std_threshold: float = attrs.field(
+        default=0.1, validator=attrs.validators.ge(0.0),
+        metadata={"doc": "warn when embedding std x sqrt(d) (1 when healthy, 0 when collapsed) is below this"},
+    )
+    rank_threshold: float = attrs.field(
+        default=1.5, validator=attrs.validators.ge(0.0),
+        metadata={"doc": "warn when the effective rank (RankMe) of the embeddings is below this"},
+    )
+
+
+class CollapseMonitor:
+    """Watches the online projector outputs for complete and dimensional collapse.
+
+    Every ``every`` steps it computes, on view 0 of the online branch's ``z``,
+    the mean per-dimension std of the l2-normalised embeddings (SimSiam,
+    arXiv:2011.10566) and their effective rank (RankMe, arXiv:2210.02885),
+    logs them as ``collapse/std`` and ``collapse/rank`` and warns once per run
+    (:class:`~jef.evaluate.collapse.CollapseWarning` and the ``jef`` logger)
+    when either falls under its threshold. The std threshold is relative to the
+    healthy value ``1/sqrt(d)``, so one threshold fits every projector width.
+
+    Args:
+        options: Check period and thresholds.
+    """
+
+    def __init__(self, options: CollapseOptions) -> None:
+        self.options = options
+        self.last: dict[str, float] = {}
+        self.warned = False
+
+    @hookimpl
+    def jef_run_start(self, run: Any) -> None:
+        """Forget the previous run's values, so a reused monitor warns again."""
+        self.last = {}
+        self.warned = False
+
+    @hookimpl
+    def jef_step_end(self, run: Any, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:
+        """Check the step's embeddings when ``run.step`` is a multiple of ``every``."""
+        if outputs is None or run.step % self.options.every != 0 or not outputs.online.z:
+            return
+        z = outputs.online.z[0].detach()
+        if z.dim() != 2 or z.shape[0] < 2:
+            return  # a std over a single sample means nothing
+        std = embedding_std(z).item()
+        rank = effective_rank(z).item()
+        self.last = {"collapse/std": std, "collapse/rank": rank}
+        run.log(dict(self.last))
+        # Every process sees the same kind of batch; one warning from rank 0 is enough.
+        if not self.warned and getattr(getattr(run, "ctx", None), "rank", 0) == 0:
+            message = self._diagnose(std, rank, z.shape[1], run.step)
+            if message is not None:
+                self.warned = True
+                warnings.warn(message, CollapseWarning, stacklevel=2)
+                logger.warning(message)
+
+    @hookimpl
+    def jef_run_end(self, run: Any, metrics: dict[str, float]) -> None:
+        """Report the last measured values in the final metrics."""
+        metrics.update(self.last)
+
+    def _diagnose(self, std: float, rank: float, dim: int, step: int) -> str | None:
+        """Explain what collapsed and what to try, or return None when healthy."""
+        relative = std * math.sqrt(dim)
+        problems = []
+        if relative < self.options.std_threshold:
+            problems.append(
+                f"complete collapse: the l2-normalised embeddings have per-dimension std {std:.4g}, "
+                f"{relative:.3g}x the healthy 1/sqrt({dim})={1 / math.sqrt(dim):.4g} "
+                f"(threshold {self.options.std_threshold:g}x), so all images map to nearly one point"
+            )
+        if rank < self.options.rank_threshold:
+            problems.append(
+                f"dimensional collapse: effective rank {rank:.3g} of {dim} dimensions "
+                f"(threshold {self.options.rank_threshold:g}), so the embeddings span about one direction"
+            )
+        if not problems:
+            return None
+        return (
+            f"jef: representation collapse at step {step} (online projector z, view 0): "
+            + "; ".join(problems)
+            + ". Things to try: check that the target branch is stop-gradient or EMA for "
+            "BYOL/SimSiam-style methods, that variance/covariance or negative terms carry enough weight "
+            "(VICReg, Barlow Twins, contrastive), and lower the learning rate or lengthen the warm-up. "
+            "This warning is shown once per run."
+        )
+
+
+def build_collapse(options: CollapseOptions, ctx: RunContext) -> CollapseMonitor:
+    """Collapse monitor factory."""
+    return CollapseMonitor(options)
+
+
+@hookimpl
+def jef_register_monitors(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+    """Register ``collapse``."""
+    register("collapse", build_collapse, options=CollapseOptions,
+             description="logs embedding std and effective rank; warns on collapse",
+             paper="Chen & He, SimSiam, arXiv:2011.10566; Garrido et al., RankMe, arXiv:2210.02885")

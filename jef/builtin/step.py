@@ -1,0 +1,20 @@
+"""The default training step: augment, run both branches, evaluate the objective."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jef.hookspecs import hookimpl
+
+
+@hookimpl(trylast=True)
+def jef_train_step(run: Any, batch: Any) -> dict[str, Any]:
+    """Views of the batch on the training device, then ``(loss, terms, outputs)`` from the model.
+
+    ``trylast``: any plugin implementing ``jef_train_step`` runs first and, by
+    returning a result, replaces this one.
+    """
+    images, _labels, indices = batch
+    views = run.augmenter(images, generator=run.generator)
+    loss, terms, outputs = run.model(views, indices)
+    return {"loss": loss, "terms": terms, "outputs": outputs}

@@ -1,0 +1,66 @@
+"""Checkpoints: written atomically, read back without unpickling arbitrary objects.
+
+A checkpoint holds everything a run needs to continue: model (with target
+network and stateful loss buffers), optimiser, scheduler, counters and random
+number generator states. It is written to a temporary file in the same
+directory and renamed, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` and rename the result to ``path``; no partial file ever appears."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors, numbers, strings and containers of them) atomically."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary pickle).
+
+    Raises:
+        FileNotFoundError: with a message saying what to do.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume; "
+                                f"start the run without --resume or point run_dir at an earlier run")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    """The global torch RNG and the named generators' states."""
+    state = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in generators.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    """Put back what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    for name, generator in generators.items():
+        if name in state:
+            generator.set_state(state[name])

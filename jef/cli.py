@@ -1,0 +1,62 @@
+"""The ``jef`` command line. Every sub-command is registered through ``jef_register_commands``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jef
+from jef.plugins import load_plugins
+from jef.registry import RegistryError
+from jef.validate import ConfigError
+
+
+def _split_plugin_files(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take every ``--plugin FILE`` out of ``argv`` (it may stand before or after the command)."""
+    rest, files = [], []
+    items = iter(argv)
+    for item in items:
+        if item == "--plugin":
+            value = next(items, None)
+            if value is None:
+                raise SystemExit("jef: error: --plugin needs a file path")
+            files.append(value)
+        elif item.startswith("--plugin="):
+            files.append(item.split("=", 1)[1])
+        else:
+            rest.append(item)
+    return rest, files
+
+
+def build_parser(plugins) -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per registered command."""
+    parser = argparse.ArgumentParser(prog="jef", description="jef: joint-embedding self-supervised learning.")
+    parser.add_argument("--version", action="version", version=f"jef {jef.__version__}")
+    parser.add_argument("--plugin", metavar="FILE", help="load a one-off plugin module (repeatable)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    seen: set[str] = set()
+    for entry in plugins.registry.entries("command"):
+        name = entry.name if entry.name not in seen else entry.qualified_name
+        seen.add(name)
+        sub = commands.add_parser(name, help=entry.description, description=entry.description)
+        if entry.extra.get("arguments"):
+            entry.extra["arguments"](sub)
+        sub.set_defaults(handler=entry.factory)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``jef`` with ``argv`` (default: the process's arguments); returns the exit status."""
+    argv, files = _split_plugin_files(list(sys.argv[1:] if argv is None else argv))
+    plugins = load_plugins(files=tuple(files))
+    args = build_parser(plugins).parse_args(argv)
+    args.plugins = plugins
+    try:
+        return int(args.handler(args) or 0)
+    except (ConfigError, RegistryError, FileNotFoundError) as error:
+        print(f"jef: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

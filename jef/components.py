@@ -1,0 +1,170 @@
+"""The data types that flow between jef's parts.
+
+Every component a plugin registers is built by a *factory*
+``factory(options, ctx) -> component`` where ``options`` is an instance of the
+component's attrs options class and ``ctx`` is the read-only
+:class:`RunContext`. What each kind of component must look like:
+
+* **augmenter** -- ``nn.Module``; ``forward(images, generator=None) -> list[Tensor]``
+  takes a batch ``[B, C, H, W]`` (uint8 or float in [0, 1]) on any device and
+  returns the views (float, normalised), global views first. Attributes
+  ``n_views`` and ``n_global``; ``eval_view(images) -> Tensor`` is the
+  deterministic test-time transform used by evaluation.
+* **backbone** -- ``nn.Module`` mapping ``[B, C, H, W]`` to ``[B, out_dim]``;
+  ``out_dim`` is known without a forward pass.
+* **head** (projector or predictor) -- ``nn.Module`` mapping ``[B, ctx.in_dim]``
+  to ``[B, out_dim]``; attribute ``out_dim``.
+* **energy** (D) -- ``nn.Module``; ``forward(a, b) -> Tensor[N]``, one
+  distance per sample. Attribute ``symmetric`` (bool).
+* **functional** (A/B) -- ``nn.Module``; ``forward(out: StepOutputs)`` returns
+  a scalar tensor or a dict of named scalar tensors (summed into the loss).
+* **dataset** -- a :class:`DataSplits`.
+* **monitor** -- any object whose methods are ``@jef.hookimpl`` run hooks; it
+  is registered with the plugin manager for the duration of a run.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import attrs
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+@attrs.frozen
+class NoOptions:
+    """Options class for components that take no options."""
+
+
+@attrs.frozen
+class RunContext:
+    """Read-only facts about the run that factories may read.
+
+    Built once per run (and refined with :func:`attrs.evolve` as the pipeline
+    learns more, e.g. ``in_dim`` for heads); nothing mutates it.
+
+    Attributes:
+        seed: The run's seed.
+        device: Device the model trains on (``"cpu"``, ``"cuda:0"``).
+        world_size: Number of processes.
+        rank: This process's index.
+        batch_size: Images per process per step.
+        global_batch_size: ``batch_size * world_size``.
+        epochs: Planned number of epochs.
+        steps_per_epoch: Optimiser steps per epoch.
+        total_steps: ``epochs * steps_per_epoch``.
+        precision: ``"no"``, ``"bf16"`` or ``"fp16"``.
+        in_channels: Channels of the images the backbone receives.
+        image_size: Side of the global views.
+        n_views: Views per image made by the augmenter.
+        n_global: Of those, how many are global (they come first).
+        in_dim: Width of the input a head receives (set when building heads).
+        run_dir: Directory of the run (checkpoints, logs), if any.
+    """
+
+    seed: int = 0
+    device: str = "cpu"
+    world_size: int = 1
+    rank: int = 0
+    batch_size: int = 32
+    global_batch_size: int = 32
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    total_steps: int = 1
+    precision: str = "no"
+    in_channels: int = 3
+    image_size: int = 32
+    n_views: int = 2
+    n_global: int = 2
+    in_dim: int | None = None
+    run_dir: Path | None = None
+
+
+@attrs.frozen
+class Branch:
+    """One branch of the joint-embedding network, for every view.
+
+    Attributes:
+        h: Backbone representations, one ``[N, d_h]`` tensor per view.
+        z: Projector outputs, one ``[N, d_z]`` tensor per view.
+        p: Predictor outputs (online branch of asymmetric methods) or None.
+    """
+
+    h: list[Tensor]
+    z: list[Tensor]
+    p: list[Tensor] | None = None
+
+    @property
+    def out(self) -> list[Tensor]:
+        """The branch's final output per view: ``p`` when present, else ``z``."""
+        return self.p if self.p is not None else self.z
+
+
+@attrs.frozen
+class StepOutputs:
+    """What the model produced for one batch; the input of energies and functionals.
+
+    Attributes:
+        online: The online (gradient-carrying) branch.
+        target: The target branch: the online branch itself (``shared``),
+            a detached copy (``stopgrad``) or the EMA network's outputs (``ema``).
+            Target views exist only for the global views.
+        n_global: Views ``[0, n_global)`` are global crops.
+        indices: Dataset positions of the batch's samples (memory banks), or None.
+    """
+
+    online: Branch
+    target: Branch
+    n_global: int
+    indices: Tensor | None = None
+
+
+@attrs.frozen
+class DataSplits:
+    """What a dataset factory returns.
+
+    Each split yields ``(image, label, index)``: ``image`` a uint8 tensor
+    ``[C, H, W]``, ``label`` an int (``-1`` when unlabelled), ``index`` the
+    sample's position in the split.
+
+    Attributes:
+        train: The split trained on (and the kNN feature bank).
+        test: Held-out split for evaluation, or None.
+        num_classes: Number of classes when labelled, else None.
+        channels: Image channels.
+        image_size: Image side (images are square after loading).
+        name: Human-readable name for logs.
+    """
+
+    train: Dataset
+    test: Dataset | None
+    num_classes: int | None
+    channels: int
+    image_size: int
+    name: str = ""
+
+    @property
+    def labelled(self) -> bool:
+        """True when the splits carry labels."""
+        return self.num_classes is not None
+
+
+def describe_options(options_cls: type) -> list[dict[str, Any]]:
+    """List an attrs options class's fields as ``{name, type, default, doc}`` rows."""
+    rows = []
+    for field in attrs.fields(options_cls):
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()  # type: ignore[union-attr]
+        elif default is attrs.NOTHING:
+            default = None
+        if isinstance(field.type, type) and not typing.get_args(field.type):
+            type_name = field.type.__name__
+        else:
+            type_name = str(field.type).replace("typing.", "")
+        rows.append({"name": field.name, "type": type_name, "default": default,
+                     "doc": field.metadata.get("doc", "")})
+    return rows

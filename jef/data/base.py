@@ -1,0 +1,124 @@
+"""Dataset building blocks shared by jef's dataset factories.
+
+Every split yields ``(image, label, index)`` with ``image`` a uint8 tensor
+``[C, H, W]``: augmentation happens later, batched on the device, so loading
+only decodes. Data held in memory is one uint8 tensor ``[N, C, H, W]`` that
+items index into, which is fast and pickles cheaply to DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from jef.components import DataSplits
+
+#: Extensions PIL can decode that image folders are searched for (lower case).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class InMemoryImages(Dataset):
+    """Images held as one uint8 tensor, with optional integer labels.
+
+    Args:
+        images: uint8 array or tensor ``[N, C, H, W]`` (``[N, H, W]`` is read
+            as single-channel).
+        labels: Integer labels ``[N]``, or None when unlabelled (items then
+            carry label ``-1``).
+        classes: Class names, indexed by label, or None.
+    """
+
+    def __init__(self, images: Any, labels: Any | None = None, classes: Sequence[str] | None = None):
+        if not isinstance(images, Tensor):
+            images = np.asarray(images)
+            # Arrays parsed straight from file bytes are read-only; torch needs its own writable copy.
+            images = torch.from_numpy(images if images.flags.writeable else images.copy())
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"InMemoryImages needs uint8 images [N, C, H, W]; "
+                             f"got {images.dtype} {tuple(images.shape)}")
+        self.images = images.contiguous()
+        self.labels: Tensor | None = None
+        if labels is not None:
+            self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
+            if len(self.labels) != len(self.images):
+                raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.classes = list(classes) if classes is not None else None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        label = int(self.labels[index]) if self.labels is not None else -1
+        return self.images[index], label, int(index)
+
+    def head(self, n: int | None) -> InMemoryImages:
+        """The first ``n`` items (all when ``n`` is None), as a compact copy.
+
+        Cloning matters: a slice view would pickle the whole parent storage
+        to every DataLoader worker.
+        """
+        if n is None or n >= len(self):
+            return self
+        labels = self.labels[:n].clone() if self.labels is not None else None
+        return InMemoryImages(self.images[:n].clone(), labels, self.classes)
+
+
+def head(dataset: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` items of any split; indices stay valid because they start at 0."""
+    if n is None:
+        return dataset
+    if isinstance(dataset, InMemoryImages):
+        return dataset.head(n)
+    if n >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    subset = Subset(dataset, range(n))
+    subset.classes = getattr(dataset, "classes", None)  # type: ignore[attr-defined]
+    return subset
+
+
+def make_splits(train: Dataset, test: Dataset | None, *, num_classes: int | None, channels: int,
+                image_size: int, name: str, subset_train: int | None = None,
+                subset_test: int | None = None) -> DataSplits:
+    """Wrap splits into :class:`~jef.components.DataSplits`, keeping the first ``subset_*`` items."""
+    train = head(train, subset_train)
+    test = head(test, subset_test) if test is not None else None
+    return DataSplits(train=train, test=test, num_classes=num_classes, channels=channels,
+                      image_size=image_size, name=name)
+
+
+def pil_to_uint8(img: Any, channels: int, image_size: int | None) -> Tensor:
+    """Convert a PIL image to a uint8 tensor ``[channels, S, S]``.
+
+    With ``image_size`` the shorter side is resized to it and the centre
+    cropped (the usual evaluation resize); without it only the colour mode
+    is converted and the image keeps its size.
+
+    Args:
+        img: A ``PIL.Image.Image``.
+        channels: 1 (greyscale, ``L``) or 3 (``RGB``).
+        image_size: Side of the output, or None to keep the image's size.
+    """
+    from PIL import Image, ImageOps
+
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode != mode:
+        # Palette / alpha images go through RGBA so transparency becomes
+        # black consistently instead of whatever the palette index maps to.
+        if img.mode in ("P", "PA", "LA", "RGBA") and mode == "RGB":
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(background, img)
+        img = img.convert(mode)
+    if image_size is not None and img.size != (image_size, image_size):
+        img = ImageOps.fit(img, (image_size, image_size), method=Image.Resampling.BICUBIC)
+    array = np.asarray(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -1,0 +1,148 @@
+"""Weighted k-nearest-neighbour classification of frozen features.
+
+The protocol of Wu et al., Unsupervised Feature Learning via Non-Parametric
+Instance Discrimination (InstDisc), arXiv:1805.01978, sec. 3.4: a test sample
+is compared by cosine similarity with every training sample, its ``k`` most
+similar neighbours vote for their class with weight ``exp(sim / T)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jef.components import DataSplits
+from jef.evaluate.features import extract_features
+
+__all__ = ["knn_evaluate", "knn_predict", "knn_top1"]
+
+
+def _check_bank(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int) -> None:
+    """Raise a readable error for inconsistent kNN inputs."""
+    if train_features.dim() != 2 or test_features.dim() != 2:
+        raise ValueError(f"kNN expects [N, d] features, got train {tuple(train_features.shape)} "
+                         f"and test {tuple(test_features.shape)}")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"kNN: train features have {train_features.shape[1]} dims, "
+                         f"test features {test_features.shape[1]}")
+    if train_features.shape[0] == 0:
+        raise ValueError("kNN: the training feature bank is empty")
+    if train_labels.shape != (train_features.shape[0],):
+        raise ValueError(f"kNN: expected {train_features.shape[0]} train labels, got shape {tuple(train_labels.shape)}")
+    if num_classes < 1:
+        raise ValueError(f"kNN: num_classes must be >= 1, got {num_classes}")
+    low, high = int(train_labels.min()), int(train_labels.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"kNN: train labels must lie in [0, {num_classes}), found [{low}, {high}] "
+                         "(unlabelled samples, -1, cannot vote)")
+
+
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Predict classes of test features by a similarity-weighted vote of their neighbours.
+
+    Args:
+        train_features: Feature bank ``[N, d]`` (need not be normalised).
+        train_labels: Classes of the bank ``[N]``, in ``[0, num_classes)``.
+        test_features: Queries ``[M, d]``.
+        num_classes: Number of classes.
+        k: Neighbours per query; clipped to ``N``.
+        temperature: ``T`` in the weight ``exp(sim / T)``; small T approaches
+            a vote by the nearest neighbour alone, large T an unweighted vote.
+        chunk_size: Queries scored at once; memory is ``chunk_size x N`` floats.
+
+    Returns:
+        Predicted classes ``[M]`` (int64, on the features' device).
+    """
+    if temperature <= 0:
+        raise ValueError(f"kNN: temperature must be > 0, got {temperature}")
+    if k < 1 or chunk_size < 1:
+        raise ValueError(f"kNN: k and chunk_size must be >= 1, got k={k}, chunk_size={chunk_size}")
+    _check_bank(train_features, train_labels, test_features, num_classes)
+    bank = F.normalize(train_features.float(), dim=1)
+    labels = train_labels.to(device=bank.device, dtype=torch.long)
+    k = min(k, bank.shape[0])
+    preds = []
+    for queries in test_features.float().to(bank.device).split(chunk_size):
+        sims, idx = (F.normalize(queries, dim=1) @ bank.T).topk(k, dim=1)
+        # Shifting by the row maximum rescales a row's weights by one constant, which leaves the
+        # vote unchanged but keeps exp() finite for small temperatures (exp(1/0.01) overflows float32).
+        weights = ((sims - sims[:, :1]) / temperature).exp()
+        scores = torch.zeros(queries.shape[0], num_classes, device=bank.device)
+        scores.scatter_add_(1, labels[idx], weights)
+        preds.append(scores.argmax(dim=1))
+    if not preds:
+        return torch.empty(0, dtype=torch.long, device=bank.device)
+    return torch.cat(preds)
+
+
+def knn_top1(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> float:
+    """Top-1 accuracy, in ``[0, 1]``, of :func:`knn_predict` on labelled test features."""
+    if test_labels.shape != (test_features.shape[0],):
+        raise ValueError(f"kNN: expected {test_features.shape[0]} test labels, got shape {tuple(test_labels.shape)}")
+    if test_features.shape[0] == 0:
+        raise ValueError("kNN: no test features to score")
+    preds = knn_predict(train_features, train_labels, test_features, num_classes=num_classes,
+                        k=k, temperature=temperature, chunk_size=chunk_size)
+    return (preds == test_labels.to(preds.device)).float().mean().item()
+
+
+def knn_evaluate(
+    backbone: nn.Module,
+    splits: DataSplits,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> float:
+    """kNN top-1 accuracy of a backbone: train split as the bank, test split as queries.
+
+    Args:
+        backbone: Image -> feature model, already on ``device``.
+        splits: Labelled splits with a test split.
+        transform: Test-time transform of uint8 batches (the augmenter's ``eval_view``).
+        k: Neighbours per query.
+        temperature: Vote temperature.
+        batch_size: Images per forward pass.
+        device: Where features are computed and compared.
+        num_workers: DataLoader worker processes.
+
+    Returns:
+        Accuracy in ``[0, 1]``.
+    """
+    if not splits.labelled or splits.test is None:
+        raise ValueError(f"kNN evaluation needs a labelled dataset with a test split; "
+                         f"{splits.name or 'this dataset'} has num_classes={splits.num_classes}, "
+                         f"test={'present' if splits.test is not None else 'None'}")
+    kwargs = dict(batch_size=batch_size, device=device, num_workers=num_workers)
+    train_x, train_y = extract_features(backbone, splits.train, transform, **kwargs)
+    test_x, test_y = extract_features(backbone, splits.test, transform, **kwargs)
+    # Unlabelled bank samples (label -1, e.g. STL-10's unlabelled part) have no class to vote for.
+    keep = train_y >= 0
+    train_x, train_y = train_x[keep], train_y[keep]
+    return knn_top1(train_x, train_y, test_x, test_y, num_classes=splits.num_classes,  # type: ignore[arg-type]
+                    k=k, temperature=temperature)

@@ -1,0 +1,22 @@
+"""Pure tensor functions: similarities, energies and contrastive losses.
+
+No state, no distributed communication: the registered components in
+:mod:`jef.builtin.energies` and :mod:`jef.builtin.functionals` wrap these and
+add the gathering over processes. Inputs are ``[N, d]`` embeddings; shapes are
+checked with messages that name the function and the argument. Half-precision
+inputs are computed in float32.
+"""
+
+from jef.functional.contrastive import cosine_similarity_matrix, info_nce, info_nce_denominator, nt_xent
+from jef.functional.energies import cosine_distance, cosine_similarity, mse, scaled_cosine
+
+__all__ = [
+    "cosine_distance",
+    "cosine_similarity",
+    "cosine_similarity_matrix",
+    "info_nce",
+    "info_nce_denominator",
+    "mse",
+    "nt_xent",
+    "scaled_cosine",
+]

@@ -1,0 +1,253 @@
+"""Hook specifications: every hook jef calls, and the reference for plugin authors.
+
+A plugin is a module (or object) with functions named after these hooks and
+decorated with ``@jef.hookimpl``. Installed plugins are found through the
+``jef`` entry-point group; built-ins are plugins of the same kind.
+
+Two families of hooks:
+
+* **Registration hooks** (``jef_register_*``) are called once on every loaded
+  plugin. Each receives a ``register`` callable; jef owns the name table and
+  records which plugin (and distribution, version) provided each name.
+* **Run hooks** (``jef_run_start`` ... ``jef_run_end``) are called during
+  ``jef train`` on the plugins that are *active in that run*: every loaded
+  plugin module plus the components and monitors the pipeline selected, which
+  are registered for the run and unregistered after it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pluggy as _pluggy
+
+    from jef.components import StepOutputs
+    from jef.train import Run
+
+PROJECT = "jef"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------
+# Plugin set-up
+# ---------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def jef_addhooks(pluginmanager: _pluggy.PluginManager) -> None:
+    """Let a plugin publish hooks of its own.
+
+    Called on every plugin as it is registered (historic: plugins registered
+    later still receive it). Call ``pluginmanager.add_hookspecs(module)`` here.
+
+    Args:
+        pluginmanager: jef's plugin manager.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Registration hooks: called once on every loaded plugin
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def jef_register_methods(register: Callable[..., None]) -> None:
+    """Register method recipes.
+
+    Call ``register(name, recipe, *, description="", paper="")`` where
+    ``recipe`` is a mapping or the path of a YAML file holding a partial
+    pipeline (the defaults for every slot). Users select it with
+    ``method: NAME``; their file and command-line overrides win over it.
+
+    Args:
+        register: Adds one method to jef's table.
+    """
+
+
+@hookspec
+def jef_register_augmenters(register: Callable[..., None]) -> None:
+    """Register augmenters (the views makers).
+
+    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
+    ``factory(options, ctx)`` returns an ``nn.Module`` whose
+    ``forward(images, generator=None)`` returns the list of views, with
+    attributes ``n_views``, ``n_global`` and an ``eval_view(images)`` method.
+
+    Args:
+        register: Adds one augmenter to jef's table.
+    """
+
+
+@hookspec
+def jef_register_backbones(register: Callable[..., None]) -> None:
+    """Register backbones (image -> representation ``h``).
+
+    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
+    ``factory(options, ctx)`` returns an ``nn.Module`` with an ``out_dim``
+    attribute, taking ``ctx.in_channels``-channel images.
+
+    Args:
+        register: Adds one backbone to jef's table.
+    """
+
+
+@hookspec
+def jef_register_heads(register: Callable[..., None]) -> None:
+    """Register heads, used as projectors (``h -> z``) or predictors (``z -> p``).
+
+    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
+    ``factory(options, ctx)`` returns an ``nn.Module`` taking ``ctx.in_dim``
+    features, with an ``out_dim`` attribute.
+
+    Args:
+        register: Adds one head to jef's table.
+    """
+
+
+@hookspec
+def jef_register_energies(register: Callable[..., None]) -> None:
+    """Register energies D: per-sample distances between two embeddings.
+
+    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
+    ``factory(options, ctx)`` returns an ``nn.Module`` with
+    ``forward(a, b) -> Tensor[N]`` and a ``symmetric`` attribute.
+
+    Args:
+        register: Adds one energy to jef's table.
+    """
+
+
+@hookspec
+def jef_register_functionals(register: Callable[..., None]) -> None:
+    """Register functionals A/B: batch-level loss terms over all embeddings.
+
+    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
+    ``factory(options, ctx)`` returns an ``nn.Module`` whose
+    ``forward(out: StepOutputs)`` returns a scalar or a dict of named scalars.
+    Terms over the global batch must use ``jef.dist.gather``.
+
+    Args:
+        register: Adds one functional to jef's table.
+    """
+
+
+@hookspec
+def jef_register_datasets(register: Callable[..., None]) -> None:
+    """Register datasets.
+
+    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
+    ``factory(options, ctx)`` returns a :class:`jef.components.DataSplits`.
+
+    Args:
+        register: Adds one dataset to jef's table.
+    """
+
+
+@hookspec
+def jef_register_monitors(register: Callable[..., None]) -> None:
+    """Register monitors: objects that watch a run through the run hooks.
+
+    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
+    ``factory(options, ctx)`` returns an object with ``@jef.hookimpl``
+    methods; it is registered as a plugin only while a run that selected it
+    is going on.
+
+    Args:
+        register: Adds one monitor to jef's table.
+    """
+
+
+@hookspec
+def jef_register_commands(register: Callable[..., None]) -> None:
+    """Register sub-commands of the ``jef`` command line.
+
+    Call ``register(name, handler, *, arguments=None, description="")``:
+    ``arguments(parser)`` adds the command's options to an
+    ``argparse.ArgumentParser``; ``handler(args) -> int`` runs it and returns
+    the exit status.
+
+    Args:
+        register: Adds one command to jef's table.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Run hooks: called during a run on the plugins active in it
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def jef_run_start(run: Run) -> None:
+    """Called once after the model, optimiser and data are prepared, before the first step.
+
+    Args:
+        run: The run: its context, pipeline, model, optimiser, accelerator and counters.
+    """
+
+
+@hookspec(firstresult=True)
+def jef_train_step(run: Run, batch: Any) -> dict[str, Any] | None:
+    """Compute the loss of one batch (forward only; the loop does backward).
+
+    Stops at the first non-None result. jef's built-in implementation is
+    ``trylast``: it augments the batch, runs both branches and evaluates the
+    objective; a plugin returning a result replaces it.
+
+    Args:
+        run: The run.
+        batch: What the data loader yielded: ``(images, labels, indices)``.
+
+    Returns:
+        A dict with ``"loss"`` (scalar tensor to back-propagate), ``"terms"``
+        (dict of named scalar tensors for logging) and ``"outputs"``
+        (:class:`~jef.components.StepOutputs` or None); or None to defer.
+    """
+
+
+@hookspec
+def jef_after_backward(run: Run) -> None:
+    """Called after the backward pass and before the optimiser step.
+
+    The place to edit gradients (e.g. zero the gradient of a frozen layer).
+
+    Args:
+        run: The run.
+    """
+
+
+@hookspec
+def jef_step_end(run: Run, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:
+    """Called after each optimiser step (EMA update, queue enqueue, monitors).
+
+    Args:
+        run: The run; ``run.step`` is the number of optimiser steps done.
+        outputs: The step's model outputs (detach before keeping them).
+        terms: The step's loss terms (floats).
+    """
+
+
+@hookspec
+def jef_epoch_end(run: Run, epoch: int, metrics: dict[str, float]) -> None:
+    """Called at the end of each epoch, after the checkpoint is written.
+
+    Args:
+        run: The run.
+        epoch: The epoch just finished (0-based).
+        metrics: Averages of the epoch's logged terms; hooks may add entries.
+    """
+
+
+@hookspec
+def jef_run_end(run: Run, metrics: dict[str, float]) -> None:
+    """Called once when training finished, after the final checkpoint.
+
+    Args:
+        run: The run.
+        metrics: The final metrics (e.g. ``knn_top1``); hooks may add entries.
+    """

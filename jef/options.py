@@ -1,0 +1,88 @@
+"""Options of the parts of a pipeline that are not plugin components: target, training, evaluation."""
+
+from typing import Literal
+
+import attrs
+from attrs import validators as v
+
+
+def doc(text: str) -> dict[str, str]:
+    """Field metadata holding the one-line description ``jef list`` shows."""
+    return {"doc": text}
+
+
+@attrs.frozen(kw_only=True)
+class TargetOptions:
+    """How the target branch is made.
+
+    ``shared``: the online branch itself (SimCLR); ``stopgrad``: the online
+    network's outputs detached (SimSiam); ``ema``: a momentum copy updated as
+    ϑ ← mϑ + (1−m)θ after each step (BYOL, MoCo), m following ``schedule``
+    from ``momentum`` to ``final_momentum``.
+    """
+
+    name: Literal["shared", "stopgrad", "ema"] = attrs.field(default="shared", metadata=doc("shared | stopgrad | ema"))
+    momentum: float = attrs.field(default=0.996, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("EMA momentum m at step 0"))
+    final_momentum: float = attrs.field(default=1.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("m at the last step (cosine)"))
+    schedule: Literal["constant", "cosine"] = attrs.field(default="cosine", metadata=doc("momentum schedule"))
+    projector: bool = attrs.field(default=True, metadata=doc("the target has its own projector copy"))
+
+
+@attrs.frozen(kw_only=True)
+class OptimizerOptions:
+    """The optimiser. ``lr`` is the base rate for a global batch of 256 when ``scale_lr`` is ``linear``."""
+
+    name: Literal["sgd", "lars", "adamw"] = attrs.field(default="sgd", metadata=doc("sgd | lars | adamw"))
+    lr: float = attrs.field(default=0.3, validator=v.gt(0.0), metadata=doc("base learning rate"))
+    scale_lr: Literal["linear", "sqrt", "none"] = attrs.field(default="linear", metadata=doc("lr × (global batch / 256), its sqrt, or as is"))
+    momentum: float = attrs.field(default=0.9, validator=[v.ge(0.0), v.lt(1.0)], metadata=doc("SGD/LARS momentum"))
+    weight_decay: float = attrs.field(default=1e-6, validator=v.ge(0.0), metadata=doc("weight decay"))
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), metadata=doc("AdamW betas"))
+    trust_coefficient: float = attrs.field(default=0.001, validator=v.gt(0.0), metadata=doc("LARS trust coefficient η"))
+    exclude_norm_and_bias: bool = attrs.field(default=True, metadata=doc("no weight decay or LARS adaptation on norms and biases"))
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleOptions:
+    """Learning-rate schedule: linear warm-up, then cosine decay (Loshchilov & Hutter, SGDR, arXiv:1608.03983)."""
+
+    name: Literal["cosine", "constant"] = attrs.field(default="cosine", metadata=doc("cosine | constant after warm-up"))
+    warmup_epochs: float = attrs.field(default=0.0, validator=v.ge(0.0), metadata=doc("linear warm-up length"))
+    final_lr_ratio: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("final lr / peak lr"))
+
+
+@attrs.frozen(kw_only=True)
+class TrainOptions:
+    """The training loop."""
+
+    epochs: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("epochs"))
+    batch_size: int = attrs.field(default=256, validator=v.ge(2), metadata=doc("images per process per step"))
+    max_steps: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)), metadata=doc("stop after this many steps (quick runs)"))
+    optimizer: OptimizerOptions = attrs.field(factory=OptimizerOptions, metadata=doc("optimiser"))
+    scheduler: ScheduleOptions = attrs.field(factory=ScheduleOptions, metadata=doc("learning-rate schedule"))
+    precision: Literal["no", "bf16", "fp16"] = attrs.field(default="no", metadata=doc("mixed precision"))
+    grad_accum: int = attrs.field(default=1, validator=v.ge(1), metadata=doc("gradient accumulation steps"))
+    clip_grad_norm: float | None = attrs.field(default=None, validator=v.optional(v.gt(0.0)), metadata=doc("clip the gradient norm"))
+    num_workers: int = attrs.field(default=0, validator=v.ge(0), metadata=doc("data-loader workers"))
+    log_every: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("steps between metric lines"))
+    checkpoint_every: int = attrs.field(default=1, validator=v.ge(1), metadata=doc("epochs between checkpoints"))
+    tensorboard: bool = attrs.field(default=True, metadata=doc("write TensorBoard events"))
+    progress: bool = attrs.field(default=True, metadata=doc("show a progress bar"))
+
+
+@attrs.frozen(kw_only=True)
+class KnnOptions:
+    """Weighted kNN (Wu et al., InstDisc, 2018, arXiv:1805.01978)."""
+
+    enabled: bool = attrs.field(default=True, metadata=doc("run kNN at the end when the data has labels"))
+    k: int = attrs.field(default=200, validator=v.ge(1), metadata=doc("neighbours"))
+    temperature: float = attrs.field(default=0.1, validator=v.gt(0.0), metadata=doc("weights exp(sim / T)"))
+    batch_size: int = attrs.field(default=256, validator=v.ge(1), metadata=doc("feature extraction batch"))
+    baseline: bool = attrs.field(default=False, metadata=doc("also evaluate the randomly initialised backbone"))
+
+
+@attrs.frozen(kw_only=True)
+class EvalOptions:
+    """Evaluation at the end of ``jef train``."""
+
+    knn: KnnOptions = attrs.field(factory=KnnOptions, metadata=doc("weighted kNN"))

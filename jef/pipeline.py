@@ -1,0 +1,225 @@
+"""Build the joint-embedding model and its objective from a :class:`~jef.config.Pipeline`.
+
+The objective of a step (see the architecture page)::
+
+    L = w_D · mean_(a,b) mean_n D(p_a^n, t_b^n)  +  Σ_k w_k · F_k(outputs)
+
+with ``p_a`` the online output of view ``a``, ``t_b`` the target embedding of
+global view ``b`` and (a, b) every ordered pair of distinct views. The energy
+term is averaged (not summed) over pairs so that its scale does not depend on
+the number of views.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from jef.components import Branch, DataSplits, RunContext, StepOutputs
+from jef.config import Pipeline, Slot
+from jef.hookspecs import hookimpl
+from jef.options import TargetOptions
+
+
+class Objective(nn.Module):
+    """``w_D · mean over pairs of D`` plus the weighted functionals, with every term reported."""
+
+    def __init__(self, energy: tuple[str, nn.Module, float] | None,
+                 functionals: list[tuple[str, nn.Module, float]]) -> None:
+        super().__init__()
+        self.energy = energy[1] if energy else None
+        self.energy_name, self.energy_weight = (energy[0], energy[2]) if energy else ("", 0.0)
+        self.functionals = nn.ModuleList(module for _, module, _ in functionals)
+        self.functional_names = _unique([name for name, _, _ in functionals])
+        self.functional_weights = [weight for _, _, weight in functionals]
+
+    def forward(self, out: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and its named terms (unweighted, for logging)."""
+        terms: dict[str, Tensor] = {}
+        loss: Tensor | None = None
+        if self.energy is not None:
+            pairs = [(a, b) for a in range(len(out.online.out)) for b in range(len(out.target.z)) if a != b]
+            if not pairs:
+                raise ValueError("energy: no view pairs; the augmenter must make at least 2 views")
+            value = torch.stack([self.energy(out.online.out[a], out.target.z[b]).mean() for a, b in pairs]).mean()
+            terms[f"energy/{self.energy_name}"] = value
+            loss = self.energy_weight * value
+        for name, functional, weight in zip(self.functional_names, self.functionals, self.functional_weights,
+                                            strict=True):
+            result = functional(out)
+            parts = result if isinstance(result, dict) else {"": result}
+            for key, value in parts.items():
+                terms[f"{name}/{key}" if key else name] = value
+                loss = weight * value if loss is None else loss + weight * value
+        assert loss is not None, "the pipeline validation guarantees a non-empty objective"
+        return loss, terms
+
+
+class JointEmbedding(nn.Module):
+    """Online branch (backbone → projector → optional predictor), target branch and objective.
+
+    Views of equal size go through the backbone in one call per resolution.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module | None, predictor: nn.Module | None,
+                 objective: Objective, target: TargetOptions, n_global: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector if projector is not None else nn.Identity()
+        self.predictor = predictor
+        self.objective = objective
+        self.target_mode = target.name
+        self.n_global = n_global
+        if target.name == "ema":
+            self.target_backbone = _frozen_copy(backbone)
+            self.target_projector = _frozen_copy(self.projector) if target.projector else None
+
+    def encode(self, views: list[Tensor], backbone: nn.Module, projector: nn.Module | None) -> Branch:
+        """Run views through a backbone (one call per resolution) and a projector."""
+        h: list[Tensor | None] = [None] * len(views)
+        for shape in dict.fromkeys(v.shape[-2:] for v in views):
+            chosen = [i for i, v in enumerate(views) if v.shape[-2:] == shape]
+            outputs = backbone(torch.cat([views[i] for i in chosen])).chunk(len(chosen))
+            for i, out in zip(chosen, outputs, strict=True):
+                h[i] = out
+        hs = [x for x in h if x is not None]
+        z = [projector(x) for x in hs] if projector is not None else hs
+        return Branch(h=hs, z=z)
+
+    def forward(self, views: list[Tensor], indices: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor],
+                                                                                    StepOutputs]:
+        """Both branches and the objective; returns ``(loss, terms, outputs)``."""
+        online = self.encode(views, self.backbone, self.projector)
+        if self.predictor is not None:
+            online = attrs.evolve(online, p=[self.predictor(z) for z in online.z])
+        g = self.n_global
+        if self.target_mode == "shared":
+            target = Branch(h=online.h[:g], z=online.z[:g])
+        elif self.target_mode == "stopgrad":
+            target = Branch(h=[x.detach() for x in online.h[:g]], z=[x.detach() for x in online.z[:g]])
+        else:
+            with torch.no_grad():
+                target = self.encode(views[:g], self.target_backbone, self.target_projector)
+        outputs = StepOutputs(online=online, target=target, n_global=g, indices=indices)
+        loss, terms = self.objective(outputs)
+        return loss, terms, outputs
+
+
+class EmaTarget:
+    """Run plugin that moves the EMA target after every optimiser step.
+
+    ϑ ← mϑ + (1−m)θ with m on a cosine schedule from ``momentum`` to
+    ``final_momentum`` (Grill et al., BYOL, 2020, arXiv:2006.07733), using
+    ``torch._foreach_*`` ops: one kernel per group, not one per parameter.
+    """
+
+    def __init__(self, model: JointEmbedding, options: TargetOptions, total_steps: int) -> None:
+        self.model, self.options, self.total_steps = model, options, max(total_steps, 1)
+
+    def momentum(self, step: int) -> float:
+        """m after ``step`` optimiser steps."""
+        start, end = self.options.momentum, self.options.final_momentum
+        if self.options.schedule == "constant":
+            return start
+        return end - (end - start) * (math.cos(math.pi * min(step, self.total_steps) / self.total_steps) + 1) / 2
+
+    @torch.no_grad()
+    def update(self, momentum: float) -> None:
+        """One EMA step for every target parameter; buffers (BN statistics) are copied."""
+        pairs = [(self.model.backbone, self.model.target_backbone)]
+        if self.model.target_projector is not None:
+            pairs.append((self.model.projector, self.model.target_projector))
+        for online, target in pairs:
+            t_params = list(target.parameters())
+            o_params = [p.detach() for p in online.parameters()]
+            torch._foreach_mul_(t_params, momentum)
+            torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+            for t_buffer, o_buffer in zip(target.buffers(), online.buffers(), strict=True):
+                t_buffer.copy_(o_buffer)
+
+    @hookimpl
+    def jef_step_end(self, run: Any, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:
+        momentum = self.momentum(run.step)
+        self.update(momentum)
+        run.log({"target/momentum": momentum})
+
+
+@attrs.define
+class Built:
+    """Everything a run builds from a pipeline before Accelerate prepares it."""
+
+    ctx: RunContext
+    splits: DataSplits
+    augmenter: nn.Module
+    model: JointEmbedding
+    monitors: list[Any]
+    components: dict[str, Any]
+
+
+def build_data(pipeline: Pipeline, ctx: RunContext) -> DataSplits:
+    """The pipeline's data splits."""
+    return _make(pipeline.data, ctx)
+
+
+def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None) -> Built:
+    """Build data (unless given), augmenter, model (with objective) and monitors in dependency order.
+
+    ``ctx`` is refined as facts become known: channels and image size from the
+    data, view counts from the augmenter, ``in_dim`` for each head.
+    """
+    splits = splits if splits is not None else build_data(pipeline, ctx)
+    ctx = attrs.evolve(ctx, in_channels=splits.channels, image_size=splits.image_size)
+    augmenter = _make(pipeline.augmenter, ctx)
+    ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
+                       image_size=getattr(pipeline.augmenter.options, "size", ctx.image_size))
+    backbone = _make(pipeline.backbone, ctx)
+    width = backbone.out_dim
+    projector = predictor = None
+    if pipeline.projector is not None:
+        projector = _make(pipeline.projector, attrs.evolve(ctx, in_dim=width))
+        width = projector.out_dim
+    if pipeline.predictor is not None:
+        predictor = _make(pipeline.predictor, attrs.evolve(ctx, in_dim=width))
+    energy = (pipeline.energy.name, _make(pipeline.energy, ctx), pipeline.energy.weight) if pipeline.energy else None
+    functionals = [(s.name, _make(s, ctx), s.weight) for s in pipeline.functionals]
+    objective = Objective(energy, functionals)
+    model = JointEmbedding(backbone, projector, predictor, objective, pipeline.target, augmenter.n_global)
+    monitors = [_make(s, ctx) for s in pipeline.monitors]
+    if pipeline.target.name == "ema":
+        monitors.append(EmaTarget(model, pipeline.target, ctx.total_steps))
+    components = {"augmenter": augmenter, "backbone": backbone, "projector": projector, "predictor": predictor,
+                  "energy": energy[1] if energy else None,
+                  **{f"functionals.{i}": f for i, (_, f, _) in enumerate(functionals)}}
+    return Built(ctx, splits, augmenter, model, monitors, components)
+
+
+def _make(slot: Slot, ctx: RunContext) -> Any:
+    """Call a slot's factory, naming the component and its plugin if it fails."""
+    try:
+        return slot.entry.factory(slot.options, ctx)
+    except Exception as error:
+        raise RuntimeError(f"building {slot.kind} {slot.name!r} from plugin "
+                           f"{slot.entry.provenance} failed: {type(error).__name__}: {error}") from error
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    copied = copy.deepcopy(module)
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)
+    return copied
+
+
+def _unique(names: list[str]) -> list[str]:
+    """``['variance', 'variance']`` -> ``['variance', 'variance.1']`` so log keys never collide."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name, 0)
+        result.append(name if count == 0 else f"{name}.{count}")
+        seen[name] = count + 1
+    return result

@@ -1,0 +1,73 @@
+"""The run directory: resolved pipeline, plugin list, metrics (JSONL and TensorBoard)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jef.checkpoint import atomic_write
+
+
+def write_run_files(directory: Path, pipeline_data: dict[str, Any], plugins: list[dict[str, Any]]) -> None:
+    """Keep what is needed to know how a run was made: the resolved pipeline and the installed plugins."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(pipeline_data, sort_keys=False)
+    atomic_write(directory / "pipeline.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    listing = json.dumps(plugins, indent=2)
+    atomic_write(directory / "plugins.json", lambda tmp: tmp.write_text(listing, encoding="utf-8"))
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+
+    Only the main process writes; other processes keep the values for hooks.
+    """
+
+    def __init__(self, directory: Path | None, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.directory, self.enabled = directory, enabled and directory is not None
+        self._file = None
+        self._writer = None
+        if self.enabled:
+            assert directory is not None
+            directory.mkdir(parents=True, exist_ok=True)
+            self._file = (directory / "metrics.jsonl").open("a", encoding="utf-8")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(directory / "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Record ``metrics`` (floats or 0-d tensors) at ``step``."""
+        if not self.enabled:
+            return
+        values = {key: _as_float(value) for key, value in metrics.items()}
+        assert self._file is not None
+        self._file.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _as_float(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return float(value.item())
+    if isinstance(value, int | float):
+        return float(value)
+    return value

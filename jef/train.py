@@ -1,0 +1,242 @@
+"""The training loop, in the shape of Accelerate's examples.
+
+Runs unchanged on:
+  - CPU:               jef train pipeline.yaml
+  - one GPU:           jef train pipeline.yaml
+  - several GPUs:      accelerate launch --multi_gpu -m jef train pipeline.yaml
+  - several nodes:     accelerate launch --num_machines N ... -m jef train pipeline.yaml
+
+Build everything, one ``accelerator.prepare(...)``, then a plain loop with the
+run hooks at named points: ``jef_run_start``, ``jef_train_step`` (the loss),
+``jef_after_backward``, ``jef_step_end``, ``jef_epoch_end``, ``jef_run_end``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from jef.components import RunContext
+from jef.config import Pipeline
+from jef.data_order import EpochSampler
+from jef.optim import build_optimizer, warmup_cosine
+from jef.pipeline import build, build_data
+from jef.plugins import Plugins, get_plugins
+from jef.runlog import MetricsLogger, write_run_files
+
+
+@attrs.define(eq=False)
+class Run:
+    """The state of a run, handed to every run hook."""
+
+    ctx: RunContext
+    pipeline: Pipeline
+    accelerator: Accelerator
+    model: torch.nn.Module
+    augmenter: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    directory: Path | None
+    generator: torch.Generator
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    pending: dict[str, float] = attrs.field(factory=dict)
+    history: list[dict[str, float]] = attrs.field(factory=list)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Queue metrics for the next metrics line (the latest value of each key wins)."""
+        self.pending.update({k: float(v.item()) if hasattr(v, "item") else v for k, v in metrics.items()})
+
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The model without Accelerate's wrappers (DDP, mixed precision)."""
+        return self.accelerator.unwrap_model(self.model)
+
+
+def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool = False,
+          plugins: Plugins | None = None, cpu: bool | None = None) -> dict[str, float]:
+    """Train ``pipeline``; return the final metrics (loss terms, ``knn_top1`` when labelled)."""
+    plugins = plugins or get_plugins()
+    train_options = pipeline.train
+    AcceleratorState._reset_state()  # let several runs with different precisions share a process
+    GradientState._reset_state()
+    use_cpu = cpu if cpu is not None else not torch.cuda.is_available()
+    if use_cpu and train_options.precision == "fp16":
+        raise ValueError(f"{pipeline.source}: train.precision: fp16 needs a GPU; use bf16 on CPU")
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=train_options.precision,
+                              gradient_accumulation_steps=train_options.grad_accum)
+    torch.manual_seed(pipeline.seed + accelerator.process_index)
+    directory = Path(run_dir or pipeline.run_dir or Path("runs") / Path(pipeline.source).stem).expanduser()
+    ctx = RunContext(seed=pipeline.seed, device=str(accelerator.device), world_size=accelerator.num_processes,
+                     rank=accelerator.process_index, batch_size=train_options.batch_size,
+                     global_batch_size=train_options.batch_size * accelerator.num_processes,
+                     epochs=train_options.epochs, precision=train_options.precision, run_dir=directory)
+    splits = build_data(pipeline, ctx)  # first: the number of steps depends on the data's size
+    per_epoch = len(splits.train) // (ctx.global_batch_size * train_options.grad_accum)
+    if per_epoch == 0:
+        raise ValueError(f"{pipeline.source}: data {pipeline.data.name!r} has {len(splits.train)} images, "
+                         f"fewer than one step's {ctx.global_batch_size * train_options.grad_accum}; "
+                         f"lower train.batch_size")
+    total = per_epoch * train_options.epochs
+    if train_options.max_steps:
+        total = min(total, train_options.max_steps)
+    built = build(pipeline, attrs.evolve(ctx, steps_per_epoch=per_epoch, total_steps=total), splits)
+    ctx = built.ctx
+    random_backbone = copy.deepcopy(built.model.backbone) if pipeline.eval.knn.baseline else None
+
+    sampler = EpochSampler(len(built.splits.train), seed=pipeline.seed)
+    loader = DataLoader(built.splits.train, batch_size=train_options.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=train_options.num_workers, persistent_workers=train_options.num_workers > 0)
+    optimizer = build_optimizer(built.model, train_options.optimizer, ctx.global_batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(train_options.scheduler, per_epoch, total))
+    model, optimizer, loader, scheduler = accelerator.prepare(built.model, optimizer, loader, scheduler)
+    augmenter = built.augmenter.to(accelerator.device)
+    generator = torch.Generator().manual_seed(pipeline.seed * 1000 + accelerator.process_index)
+    run = Run(ctx, pipeline, accelerator, model, augmenter, optimizer, scheduler,
+              directory if accelerator.is_main_process else None, generator)
+    logger = MetricsLogger(directory, enabled=accelerator.is_main_process, tensorboard=train_options.tensorboard)
+    if accelerator.is_main_process:
+        write_run_files(directory, pipeline.to_dict(), plugin_listing(plugins))
+    if resume:
+        _restore(run, load_checkpoint(directory / CHECKPOINT_NAME))
+    hook = plugins.manager.hook
+    metrics: dict[str, float] = {}
+    with run_plugins(plugins, [*built.components.values(), *built.monitors]):
+        if random_backbone is not None:
+            metrics["knn_top1_random"] = _knn(run, random_backbone.to(accelerator.device), built.splits)
+        hook.jef_run_start(run=run)
+        bar = tqdm(total=total, initial=run.step, disable=not (train_options.progress and accelerator.is_main_process),
+                   desc=f"train {pipeline.method.name if pipeline.method else 'pipeline'}", unit="step")
+        try:
+            while run.step < total:
+                epoch_terms, finished = _train_epoch(run, loader, hook, bar, logger, total)
+                metrics.update(epoch_terms)
+                if finished:
+                    epoch, run.epoch, run.batch_in_epoch = run.epoch, run.epoch + 1, 0
+                    if (epoch + 1) % train_options.checkpoint_every == 0:
+                        _save(run)
+                    hook.jef_epoch_end(run=run, epoch=epoch, metrics=epoch_terms)
+                    logger.write(run.step, {f"epoch/{k}": v for k, v in epoch_terms.items()})
+        except KeyboardInterrupt:
+            _save(run)  # nothing lost: the run resumes from here with --resume
+            raise
+        finally:
+            bar.close()
+        _save(run)
+        if pipeline.eval.knn.enabled and built.splits.labelled and built.splits.test is not None:
+            metrics["knn_top1"] = _knn(run, run.unwrapped_model.backbone, built.splits)
+        hook.jef_run_end(run=run, metrics=metrics)
+        logger.write(run.step, {f"final/{k}": v for k, v in metrics.items()})
+    logger.close()
+    accelerator.end_training()
+    return metrics
+
+
+def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogger,
+                 total: int) -> tuple[dict[str, float], bool]:
+    """Train until the epoch ends or the run's steps are done.
+
+    Returns:
+        The epoch's mean loss terms, and whether the epoch's data is exhausted.
+    """
+    accelerator, options = run.accelerator, run.pipeline.train
+    loader.set_epoch(run.epoch)
+    batches = accelerator.skip_first_batches(loader, run.batch_in_epoch) if run.batch_in_epoch else loader
+    if run.batch_in_epoch:
+        batches.set_epoch(run.epoch)
+    sums: dict[str, float] = {}
+    count, started, images = 0, time.perf_counter(), 0
+    for batch in batches:
+        with accelerator.accumulate(run.model):
+            result = hook.jef_train_step(run=run, batch=batch)
+            accelerator.backward(result["loss"])
+            if accelerator.sync_gradients:
+                hook.jef_after_backward(run=run)
+                if options.clip_grad_norm:
+                    accelerator.clip_grad_norm_(run.model.parameters(), options.clip_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        run.batch_in_epoch += 1
+        images += batch[0].shape[0] * run.ctx.world_size
+        if not accelerator.sync_gradients:
+            continue
+        run.step += 1
+        terms = {"loss": result["loss"].detach(), **{k: v.detach() for k, v in result["terms"].items()}}
+        terms = {k: float(v) for k, v in accelerator.reduce(terms, reduction="mean").items()}
+        hook.jef_step_end(run=run, outputs=result.get("outputs"), terms=terms)
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value
+        count += 1
+        rate = images / max(time.perf_counter() - started, 1e-9)
+        bar.update(1)
+        bar.set_postfix(epoch=run.epoch, loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}")
+        if run.step % options.log_every == 0 or run.step == total:
+            record = {**terms, "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate, "epoch": run.epoch,
+                      **run.pending}
+            run.pending.clear()
+            logger.write(run.step, record)
+            run.history.append({"step": run.step, **record})
+        if run.step >= total:
+            break
+    finished = run.batch_in_epoch >= len(loader)
+    return {k: v / max(count, 1) for k, v in sums.items()}, finished
+
+
+def _knn(run: Run, backbone: torch.nn.Module, splits: Any) -> float:
+    from jef.evaluate import knn_evaluate
+
+    options = run.pipeline.eval.knn
+    return knn_evaluate(backbone, splits, run.augmenter.eval_view, k=options.k, temperature=options.temperature,
+                        batch_size=options.batch_size, device=run.accelerator.device)
+
+
+def _save(run: Run) -> None:
+    run.accelerator.wait_for_everyone()
+    if run.directory is None:
+        return
+    save_checkpoint(run.directory / CHECKPOINT_NAME, {
+        "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
+        "batch_in_epoch": run.batch_in_epoch, "rng": rng_state({"augment": run.generator})})
+
+
+def _restore(run: Run, state: dict[str, Any]) -> None:
+    run.unwrapped_model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    restore_rng_state(state["rng"], {"augment": run.generator})
+
+
+@contextmanager
+def run_plugins(plugins: Plugins, objects: list[Any]):
+    """Register the run's components and monitors that implement hooks; unregister them afterwards."""
+    names = []
+    try:
+        for obj in objects:
+            if obj is not None and any(name.startswith("jef_") and callable(getattr(type(obj), name, None))
+                                       for name in dir(type(obj))):
+                names.append(plugins.manager.register(obj, name=f"run:{type(obj).__name__}:{id(obj)}"))
+        yield
+    finally:
+        for name in names:
+            plugins.manager.unregister(name=name)
+
+
+def plugin_listing(plugins: Plugins) -> list[dict[str, Any]]:
+    """The plugins and their versions, as saved in each run directory and printed by ``jef plugins --json``."""
+    return [attrs.asdict(info) for info in plugins.infos.values()]

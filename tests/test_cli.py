@@ -1,0 +1,104 @@
+"""The jef command line: plugins, list, config show, train, errors a user reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jef.cli import main
+from jef.testing import fake_distribution
+
+LOCAL_PLUGIN = """
+from jef import hookimpl
+
+@hookimpl
+def jef_register_commands(register):
+    register("hello", lambda args: print(f"hello {args.who}") or 0,
+             arguments=lambda parser: parser.add_argument("who"), description="say hello")
+"""
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plugins_lists_an_installed_plugin_and_a_broken_one_as_json(capsys):
+    with fake_distribution("jef-plugin-ok", "from jef import hookimpl\n"
+                           "@hookimpl\ndef jef_register_methods(register):\n"
+                           "    register('okmethod', {'energy': {'name': 'mse'}})\n", version="0.3.0"), \
+            fake_distribution("jef-plugin-bad", "import does_not_exist\n"):
+        code, out, _ = run_cli(capsys, "plugins", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows["ok"]["status"] == "ok" and rows["ok"]["version"] == "0.3.0"
+    assert rows["ok"]["provides"] == {"method": ["okmethod"]}
+    assert rows["ok"]["hooks"] == ["jef_register_methods"]
+    assert rows["bad"]["status"] == "broken"
+    assert "No module named 'does_not_exist'" in rows["bad"]["error"]
+    assert "builtin.energies" not in rows  # built-ins only with --all
+
+
+def test_plugins_text_output_marks_broken(capsys):
+    with fake_distribution("jef-plugin-bad", "raise RuntimeError('boom')\n"):
+        code, out, _ = run_cli(capsys, "plugins")
+    assert code == 0
+    assert "bad [jef-plugin-bad 0.1.0]: BROKEN" in out and "RuntimeError: boom" in out
+
+
+def test_list_shows_options_and_defaults(capsys):
+    code, out, _ = run_cli(capsys, "list", "energy")
+    assert code == 0
+    assert "scaled_cosine  (builtin.energies" in out
+    assert "temperature: float = 0.1" in out
+    code, out, _ = run_cli(capsys, "list", "head", "--json")
+    mlp = next(row for row in json.loads(out) if row["name"] == "mlp")
+    assert {"name": "dims", "type": "list[int]", "default": [2048, 128]}.items() <= mlp["options"][0].items()
+
+
+def test_config_show_prints_objective_and_providers(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent("""
+        energy: {name: scaled_cosine, temperature: 0.5}
+        functionals: [{name: info_nce, temperature: 0.5, weight: 0.5}]
+    """))
+    code, out, _ = run_cli(capsys, "config", "show", str(path), "train.epochs=3")
+    assert code == 0
+    assert "# objective  L = 1·mean_(a,b) D[scaled_cosine](p_a, t_b) + 0.5·F[info_nce](H)" in out
+    assert "# energy D       scaled_cosine          builtin.energies (jef " in out
+    assert "info_nce" in out and "builtin.functionals" in out
+    assert "epochs: 3" in out
+
+
+def test_config_error_exits_2_with_the_message(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text("energy: {name: scaled_cosin}\n")
+    code, _, err = run_cli(capsys, "config", "show", str(path))
+    assert code == 2
+    assert err.strip().startswith(f"jef: error: {path}: energy.name: unknown energy 'scaled_cosin'; "
+                                  "did you mean 'scaled_cosine'?")
+
+
+def test_local_plugin_file_adds_a_command(tmp_path, capsys):
+    plugin = tmp_path / "hello_plugin.py"
+    plugin.write_text(LOCAL_PLUGIN)
+    code, out, _ = run_cli(capsys, "hello", "world", "--plugin", str(plugin))
+    assert code == 0 and out.strip() == "hello world"
+
+
+def test_console_script_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "jef", "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("jef 0.1.0")
+
+
+@pytest.mark.parametrize("argv", [["train"], ["config"]])
+def test_missing_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2
+    assert "usage: jef" in capsys.readouterr().err
