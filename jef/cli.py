@@ -49,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``jef`` with ``argv`` (default: the process's arguments); returns the exit status."""
     argv, files = _split_plugin_files(list(sys.argv[1:] if argv is None else argv))
     plugins = load_plugins(files=tuple(files))
-    args = build_parser(plugins).parse_args(argv)
+    parser = build_parser(plugins)
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot take positionals after options (`FILE --resume a.b=1`): accept trailing overrides.
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     args.plugins = plugins
     try:
         return int(args.handler(args) or 0)

@@ -176,7 +176,7 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
     ctx = attrs.evolve(ctx, in_channels=splits.channels, image_size=splits.image_size)
     augmenter = _make(pipeline.augmenter, ctx)
     ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
-                       image_size=getattr(pipeline.augmenter.options, "size", ctx.image_size))
+                       image_size=getattr(augmenter, "size", ctx.image_size))
     backbone = _make(pipeline.backbone, ctx)
     width = backbone.out_dim
     projector = predictor = None

@@ -119,7 +119,8 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
             metrics["knn_top1_random"] = _knn(run, random_backbone.to(accelerator.device), built.splits)
         hook.jef_run_start(run=run)
         bar = tqdm(total=total, initial=run.step, disable=not (train_options.progress and accelerator.is_main_process),
-                   desc=f"train {pipeline.method.name if pipeline.method else 'pipeline'}", unit="step")
+                   desc=f"train {pipeline.method.name if pipeline.method else 'pipeline'}", unit="step",
+                   mininterval=0.5)
         try:
             while run.step < total:
                 epoch_terms, finished = _train_epoch(run, loader, hook, bar, logger, total)

@@ -193,14 +193,14 @@ def test_normalisation_and_eval_view() -> None:
 @pytest.mark.parametrize("shape", [(3, 8, 8), (2, 2, 8, 8), (2, 4, 8, 8), (1, 2, 3, 8, 8)])
 def test_bad_shapes_are_explained(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"expected images \[B, C, H, W\] with C in \{1, 3\}, got shape"):
-        ViewsAugmenter()(torch.zeros(shape, dtype=torch.uint8))
+        ViewsAugmenter(ViewsOptions(size=8))(torch.zeros(shape, dtype=torch.uint8))
 
 
 def test_bad_dtype_and_channel_stats() -> None:
     with pytest.raises(ValueError, match="uint8 .* or float"):
-        ViewsAugmenter()(torch.zeros(2, 3, 8, 8, dtype=torch.int32))
+        ViewsAugmenter(ViewsOptions(size=8))(torch.zeros(2, 3, 8, 8, dtype=torch.int32))
     with pytest.raises(ValueError, match="'mean' has 3 values but the images have 1 channel"):
-        ViewsAugmenter(ViewsOptions(mean=[0.1, 0.2, 0.3], std=[1.0]), in_channels=1)
+        ViewsAugmenter(ViewsOptions(size=8, mean=[0.1, 0.2, 0.3], std=[1.0]), in_channels=1)
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -247,3 +247,12 @@ def test_runs_on_the_device_of_its_input() -> None:
     for a, b in zip(on_gpu, aug(x, seeded(0)), strict=True):  # same seed, same views on every device
         torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=0)
     assert aug.eval_view(x.cuda()).device.type == "cuda"
+
+
+def test_size_defaults_to_the_data_image_size_through_the_factory():
+    from jef.components import RunContext
+
+    built = build_views(ViewsOptions(), RunContext(in_channels=1, image_size=20))
+    assert built.size == 20 and built(torch.zeros(2, 1, 20, 20, dtype=torch.uint8))[0].shape == (2, 1, 20, 20)
+    with pytest.raises(ValueError, match="size is null and no image size was given"):
+        ViewsAugmenter(ViewsOptions())

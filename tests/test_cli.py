@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -70,8 +71,8 @@ def test_config_show_prints_objective_and_providers(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "config", "show", str(path), "train.epochs=3")
     assert code == 0
     assert "# objective  L = 1·mean_(a,b) D[scaled_cosine](p_a, t_b) + 0.5·F[info_nce](H)" in out
-    assert "# energy D       scaled_cosine          builtin.energies (jef " in out
-    assert "info_nce" in out and "builtin.functionals" in out
+    assert "# energy (D)           scaled_cosine          builtin.energies (jef " in out
+    assert "# functionals.0 (A/B)  info_nce               builtin.functionals (jef " in out
     assert "epochs: 3" in out
 
 
@@ -102,3 +103,20 @@ def test_missing_arguments_exit_with_usage(argv, capsys):
         main(argv)
     assert error.value.code == 2
     assert "usage: jef" in capsys.readouterr().err
+
+
+def test_train_with_overrides_after_options_prints_knn(tmp_path, capsys):
+    import yaml
+
+    from jef.testing import TINY_PIPELINE
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(TINY_PIPELINE))
+    code, out, _ = run_cli(capsys, "train", str(path), "--run-dir", str(tmp_path / "run"), "--cpu",
+                           "train.max_steps=2", "eval.knn.baseline=true")
+    assert code == 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert re.search(r"kNN top-1 .*: trained \d\.\d{4}   random init \d\.\d{4}", out)
+    with pytest.raises(SystemExit):
+        main(["config", "show", str(path), "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

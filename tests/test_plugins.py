@@ -146,7 +146,7 @@ spec = pluggy.HookspecMarker("jef")
 
 class Specs:
     @spec
-    def jef_demo_extra(value):
+    def jef_demo_extra(self, value):
         '''A hook published by a plugin.'''
 
 @hookimpl

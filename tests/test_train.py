@@ -131,3 +131,16 @@ def test_ema_and_stopgrad_targets_train(plugins):
     assert any("target/momentum" in line for line in lines)
     stopgrad = tiny_run({"target": {"name": "stopgrad"}}, steps=2, plugins=plugins)
     assert math.isfinite(stopgrad.metrics["loss"])
+
+
+def test_tensorboard_events_are_written(plugins):
+    result = tiny_run({"train": {"tensorboard": True}}, steps=2, plugins=plugins)
+    events = list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_collapse_monitor_is_on_by_default_and_logged(plugins):
+    result = tiny_run({"train": {"log_every": 10, "epochs": 3}}, steps=10, plugins=plugins)
+    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("collapse/std" in line and "collapse/rank" in line for line in lines)
+    assert "collapse/rank" in result.metrics

@@ -77,7 +77,8 @@ class ViewsOptions:
 
     n_global: int = _field(2, "global views (size `size`); they come first", v.ge(1))
     n_local: int = _field(0, "local multi-crop views (size `local_size`, SwAV)", v.ge(0))
-    size: int = _field(32, "side of the global views, in pixels", v.ge(1))
+    size: int | None = _field(None, "side of the global views, in pixels; null: the data's image size",
+                              v.optional(v.ge(1)))
     local_size: int | None = _field(None, "side of the local views; null: round(size * 96 / 224) as in SwAV",
                                     v.optional(v.ge(1)))
     scale: tuple[float, float] = _field((0.08, 1.0), "area range of global crops, as a fraction of the image",

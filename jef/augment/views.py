@@ -16,6 +16,7 @@ References:
 
 import contextlib
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,10 +50,15 @@ class ViewsAugmenter(nn.Module):
         local_size: Side of the local views.
     """
 
-    def __init__(self, options: ViewsOptions | None = None, *, in_channels: int | None = None) -> None:
+    def __init__(self, options: ViewsOptions | None = None, *, in_channels: int | None = None,
+                 image_size: int | None = None) -> None:
         super().__init__()
-        self.options = options if options is not None else ViewsOptions()
-        o = self.options
+        o = options if options is not None else ViewsOptions()
+        if o.size is None:
+            if image_size is None:
+                raise ValueError("views augmenter: size is null and no image size was given; set size")
+            o = attrs.evolve(o, size=image_size)
+        self.options = o
         self.n_global, self.n_local = o.n_global, o.n_local
         self.n_views = o.n_global + o.n_local
         self.size, self.local_size = o.size, o.resolved_local_size
@@ -185,5 +191,6 @@ def _full_precision(images: Tensor) -> contextlib.AbstractContextManager:
 
 
 def build_views(options: ViewsOptions, ctx: RunContext) -> ViewsAugmenter:
-    """Factory of the ``views`` augmenter; reads only ``ctx.in_channels`` (to check ``mean``/``std``)."""
-    return ViewsAugmenter(options, in_channels=ctx.in_channels)
+    """Factory of the ``views`` augmenter; reads ``ctx.in_channels`` (to check ``mean``/``std``) and
+    ``ctx.image_size`` (the view size when ``size`` is null)."""
+    return ViewsAugmenter(options, in_channels=ctx.in_channels, image_size=ctx.image_size)

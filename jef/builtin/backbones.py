@@ -95,6 +95,10 @@ class SmallCNNOptions:
         validator=attrs.validators.ge(1),
         metadata={"doc": "channels of the first block; blocks use width x (1, 2, 4, 8)"},
     )
+    first_stride: int = attrs.field(
+        default=2, validator=attrs.validators.in_([1, 2]),
+        metadata={"doc": "stride of the first block: 1 keeps full resolution for small images (about 3x the cost)"},
+    )
 
 
 class SmallCNN(nn.Module):
@@ -114,7 +118,7 @@ class SmallCNN(nn.Module):
         out_dim: ``8 * width``.
     """
 
-    def __init__(self, in_channels: int, width: int = 32) -> None:
+    def __init__(self, in_channels: int, width: int = 32, first_stride: int = 2) -> None:
         super().__init__()
         if in_channels < 1 or width < 1:
             raise ValueError(f"SmallCNN needs in_channels >= 1 and width >= 1, got {in_channels}, {width}")
@@ -123,7 +127,8 @@ class SmallCNN(nn.Module):
         for mult in (1, 2, 4, 8):
             out = width * mult
             # No conv bias: the BatchNorm right after would subtract it again.
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
+            stride = first_stride if mult == 1 else 2
+            layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False),
                        nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             channels = out
         self.features = nn.Sequential(*layers)
@@ -140,7 +145,7 @@ class SmallCNN(nn.Module):
 
 def build_small_cnn(options: SmallCNNOptions, ctx: RunContext) -> SmallCNN:
     """Small CNN backbone (``8 * width`` features)."""
-    return SmallCNN(ctx.in_channels, options.width)
+    return SmallCNN(ctx.in_channels, options.width, options.first_stride)
 
 
 @hookimpl

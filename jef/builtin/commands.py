@@ -141,10 +141,10 @@ def describe_pipeline(pipeline: Pipeline) -> str:
     """The resolved pipeline as YAML, headed by the objective and who supplied each slot."""
     lines = [f"# {pipeline.source}, fully resolved", "#", "# objective  L = " + objective_formula(pipeline), "#"]
     if pipeline.method is not None:
-        lines.append(f"# {'method':<14} {pipeline.method.name:<22} {pipeline.method.provenance}")
+        lines.append(f"# {'method':<20} {pipeline.method.name:<22} {pipeline.method.provenance}")
     for path, slot in pipeline.slots():
-        label = {"energy": "energy D"}.get(path, path.replace("functionals.", "functional A/B ."))
-        lines.append(f"# {label:<14} {slot.name:<22} {slot.entry.provenance}")
+        label = f"{path} (D)" if path == "energy" else f"{path} (A/B)" if path.startswith("functionals") else path
+        lines.append(f"# {label:<20} {slot.name:<22} {slot.entry.provenance}")
     lines.append("")
     lines.append(yaml.safe_dump(pipeline.to_dict(), sort_keys=False).rstrip())
     return "\n".join(lines)
