@@ -14,6 +14,13 @@ import yaml
 from jef.checkpoint import atomic_write
 
 
+def plugin_listing(plugins: Any) -> list[dict[str, Any]]:
+    """The plugins and their versions, as saved in each run directory and printed by ``jef plugins --json``."""
+    import attrs
+
+    return [attrs.asdict(info) for info in plugins.infos.values()]
+
+
 def write_run_files(directory: Path, pipeline_data: dict[str, Any], plugins: list[dict[str, Any]]) -> None:
     """Keep what is needed to know how a run was made: the resolved pipeline and the installed plugins."""
     directory.mkdir(parents=True, exist_ok=True)

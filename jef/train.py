@@ -14,6 +14,7 @@ run hooks at named points: ``jef_run_start``, ``jef_train_step`` (the loss),
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +34,7 @@ from jef.data_order import EpochSampler
 from jef.optim import build_optimizer, warmup_cosine
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
-from jef.runlog import MetricsLogger, write_run_files
+from jef.runlog import MetricsLogger, plugin_listing, write_run_files
 
 
 @attrs.define(eq=False)
@@ -178,6 +179,10 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
         run.step += 1
         terms = {"loss": result["loss"].detach(), **{k: v.detach() for k, v in result["terms"].items()}}
         terms = {k: float(v) for k, v in accelerator.reduce(terms, reduction="mean").items()}
+        if not math.isfinite(terms["loss"]):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+            raise FloatingPointError(f"step {run.step}: the loss is not finite ({shown}); the last checkpoint is "
+                                     f"intact: lower train.optimizer.lr, add warm-up or use precision 'no'")
         hook.jef_step_end(run=run, outputs=result.get("outputs"), terms=terms)
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value
@@ -236,8 +241,3 @@ def run_plugins(plugins: Plugins, objects: list[Any]):
     finally:
         for name in names:
             plugins.manager.unregister(name=name)
-
-
-def plugin_listing(plugins: Plugins) -> list[dict[str, Any]]:
-    """The plugins and their versions, as saved in each run directory and printed by ``jef plugins --json``."""
-    return [attrs.asdict(info) for info in plugins.infos.values()]

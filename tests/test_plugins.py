@@ -167,3 +167,10 @@ def test_unknown_name_suggests_the_closest():
     plugins = load_plugins(entry_points=False)
     with pytest.raises(RegistryError, match="unknown backbone 'resnet19'; did you mean 'resnet18'"):
         plugins.registry.get("backbone", "resnet19")
+
+
+def test_trace_plugins_prints_hook_calls(monkeypatch, capsys):
+    monkeypatch.setenv("JEF_TRACE_PLUGINS", "1")
+    plugins = load_plugins(entry_points=False)
+    plugins.manager.hook.jef_epoch_end(run=None, epoch=0, metrics={})
+    assert "jef_epoch_end" in capsys.readouterr().err

@@ -74,7 +74,7 @@ def plugins_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def plugins_command(args: argparse.Namespace) -> int:
-    from jef.train import plugin_listing
+    from jef.runlog import plugin_listing
 
     rows = [row for row in plugin_listing(args.plugins) if args.all or not row["builtin"]]
     if args.json:
