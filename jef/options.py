@@ -22,8 +22,12 @@ class TargetOptions:
     """
 
     name: Literal["shared", "stopgrad", "ema"] = attrs.field(default="shared", metadata=doc("shared | stopgrad | ema"))
-    momentum: float = attrs.field(default=0.996, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("EMA momentum m at step 0"))
-    final_momentum: float = attrs.field(default=1.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("m at the last step (cosine)"))
+    momentum: float = attrs.field(
+        default=0.996, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("EMA momentum m at step 0")
+    )
+    final_momentum: float = attrs.field(
+        default=1.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("m at the last step (cosine)")
+    )
     schedule: Literal["constant", "cosine"] = attrs.field(default="cosine", metadata=doc("momentum schedule"))
     projector: bool = attrs.field(default=True, metadata=doc("the target has its own projector copy"))
 
@@ -34,12 +38,16 @@ class OptimizerOptions:
 
     name: Literal["sgd", "lars", "adamw"] = attrs.field(default="sgd", metadata=doc("sgd | lars | adamw"))
     lr: float = attrs.field(default=0.3, validator=v.gt(0.0), metadata=doc("base learning rate"))
-    scale_lr: Literal["linear", "sqrt", "none"] = attrs.field(default="linear", metadata=doc("lr × (global batch / 256), its sqrt, or as is"))
+    scale_lr: Literal["linear", "sqrt", "none"] = attrs.field(
+        default="linear", metadata=doc("lr × (global batch / 256), its sqrt, or as is")
+    )
     momentum: float = attrs.field(default=0.9, validator=[v.ge(0.0), v.lt(1.0)], metadata=doc("SGD/LARS momentum"))
     weight_decay: float = attrs.field(default=1e-6, validator=v.ge(0.0), metadata=doc("weight decay"))
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), metadata=doc("AdamW betas"))
     trust_coefficient: float = attrs.field(default=0.001, validator=v.gt(0.0), metadata=doc("LARS trust coefficient η"))
-    exclude_norm_and_bias: bool = attrs.field(default=True, metadata=doc("no weight decay or LARS adaptation on norms and biases"))
+    exclude_norm_and_bias: bool = attrs.field(
+        default=True, metadata=doc("no weight decay or LARS adaptation on norms and biases")
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -48,7 +56,9 @@ class ScheduleOptions:
 
     name: Literal["cosine", "constant"] = attrs.field(default="cosine", metadata=doc("cosine | constant after warm-up"))
     warmup_epochs: float = attrs.field(default=0.0, validator=v.ge(0.0), metadata=doc("linear warm-up length"))
-    final_lr_ratio: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("final lr / peak lr"))
+    final_lr_ratio: float = attrs.field(
+        default=0.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("final lr / peak lr")
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -57,12 +67,16 @@ class TrainOptions:
 
     epochs: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("epochs"))
     batch_size: int = attrs.field(default=256, validator=v.ge(2), metadata=doc("images per process per step"))
-    max_steps: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)), metadata=doc("stop after this many steps (quick runs)"))
+    max_steps: int | None = attrs.field(
+        default=None, validator=v.optional(v.ge(1)), metadata=doc("stop after this many steps (quick runs)")
+    )
     optimizer: OptimizerOptions = attrs.field(factory=OptimizerOptions, metadata=doc("optimiser"))
     scheduler: ScheduleOptions = attrs.field(factory=ScheduleOptions, metadata=doc("learning-rate schedule"))
     precision: Literal["no", "bf16", "fp16"] = attrs.field(default="no", metadata=doc("mixed precision"))
     grad_accum: int = attrs.field(default=1, validator=v.ge(1), metadata=doc("gradient accumulation steps"))
-    clip_grad_norm: float | None = attrs.field(default=None, validator=v.optional(v.gt(0.0)), metadata=doc("clip the gradient norm"))
+    clip_grad_norm: float | None = attrs.field(
+        default=None, validator=v.optional(v.gt(0.0)), metadata=doc("clip the gradient norm")
+    )
     num_workers: int = attrs.field(default=0, validator=v.ge(0), metadata=doc("data-loader workers"))
     log_every: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("steps between metric lines"))
     checkpoint_every: int = attrs.field(default=1, validator=v.ge(1), metadata=doc("epochs between checkpoints"))

@@ -76,8 +76,10 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     use_cpu = cpu if cpu is not None else not torch.cuda.is_available()
     if use_cpu and train_options.precision == "fp16":
         raise ValueError(f"{pipeline.source}: train.precision: fp16 needs a GPU; use bf16 on CPU")
+    # The schedule is defined in optimiser steps: step it once per optimiser step, whatever the world size.
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=train_options.precision,
-                              gradient_accumulation_steps=train_options.grad_accum)
+                              gradient_accumulation_steps=train_options.grad_accum,
+                              step_scheduler_with_optimizer=False)
     torch.manual_seed(pipeline.seed + accelerator.process_index)
     directory = Path(run_dir or pipeline.run_dir or Path("runs") / Path(pipeline.source).stem).expanduser()
     ctx = RunContext(seed=pipeline.seed, device=str(accelerator.device), world_size=accelerator.num_processes,
@@ -100,7 +102,9 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     sampler = EpochSampler(len(built.splits.train), seed=pipeline.seed)
     loader = DataLoader(built.splits.train, batch_size=train_options.batch_size, sampler=sampler, drop_last=True,
                         num_workers=train_options.num_workers, persistent_workers=train_options.num_workers > 0)
-    optimizer = build_optimizer(built.model, train_options.optimizer, ctx.global_batch_size)
+    # Linear scaling follows the batch of one optimiser step, accumulation included.
+    step_batch = ctx.global_batch_size * train_options.grad_accum
+    optimizer = build_optimizer(built.model, train_options.optimizer, step_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(train_options.scheduler, per_epoch, total))
     model, optimizer, loader, scheduler = accelerator.prepare(built.model, optimizer, loader, scheduler)
@@ -170,7 +174,8 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
                 if options.clip_grad_norm:
                     accelerator.clip_grad_norm_(run.model.parameters(), options.clip_grad_norm)
             run.optimizer.step()
-            run.scheduler.step()
+            if accelerator.sync_gradients:
+                run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
         run.batch_in_epoch += 1
         images += batch[0].shape[0] * run.ctx.world_size

@@ -8,8 +8,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from jef.components import DataSplits
-from jef.evaluate import (effective_rank, embedding_std, extract_features, knn_evaluate, knn_predict,
-                          knn_top1)
+from jef.evaluate import effective_rank, embedding_std, extract_features, knn_evaluate, knn_predict, knn_top1
 
 
 def _reference_knn(train_x, train_y, test_x, num_classes, k, temperature):

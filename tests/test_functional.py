@@ -74,8 +74,9 @@ def test_decomposition_through_the_pipeline_objective():
     from jef.pipeline import Objective
 
     z1, z2 = _randn(5, 3, seed=5), _randn(5, 3, seed=6)
-    objective = Objective(("scaled_cosine", E.ScaledCosineEnergy(TAU), 1.0),
-                          [("info_nce", FN.InfoNCEDenominator(TAU), 1.0)])
+    objective = Objective(
+        ("scaled_cosine", E.ScaledCosineEnergy(TAU), 1.0), [("info_nce", FN.InfoNCEDenominator(TAU), 1.0)]
+    )
     loss, _ = objective(_shared_outputs([z1, z2], n_global=2))
     assert loss.item() == pytest.approx(_loop_nt_xent(z1, z2, TAU), abs=1e-10)
 
@@ -89,8 +90,7 @@ def test_info_nce_with_offset_and_negatives_matches_loops():
     for i in range(4):
         cands = [c for k, c in enumerate(candidates) if k != 2 + i] + list(negatives)
         expected.append(_loop_lse(anchors[i], cands, TAU) - _cos(anchors[i], positives[i]) / TAU)
-    got = jfn.info_nce(anchors, positives, candidates, TAU, self_mask_offset=2, negatives=negatives,
-                      reduction="none")
+    got = jfn.info_nce(anchors, positives, candidates, TAU, self_mask_offset=2, negatives=negatives, reduction="none")
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
     # The same exclusion written as explicit indices.
     by_index = jfn.info_nce(anchors, positives, candidates, TAU, exclude=torch.arange(2, 6), negatives=negatives)
@@ -99,8 +99,9 @@ def test_info_nce_with_offset_and_negatives_matches_loops():
 
 def test_info_nce_queue_style_without_candidates():
     anchors, positives, queue = _randn(3, 4, seed=11), _randn(3, 4, seed=12), _randn(6, 4, seed=13)
-    expected = [_loop_lse(anchors[i], [positives[i], *queue], TAU) - _cos(anchors[i], positives[i]) / TAU
-                for i in range(3)]
+    expected = [
+        _loop_lse(anchors[i], [positives[i], *queue], TAU) - _cos(anchors[i], positives[i]) / TAU for i in range(3)
+    ]
     got = jfn.info_nce(anchors, positives, None, TAU, negatives=queue)
     assert got.item() == pytest.approx(sum(expected) / 3, abs=1e-10)
 
@@ -108,8 +109,11 @@ def test_info_nce_queue_style_without_candidates():
 def test_denominator_exclude_minus_one_keeps_everything():
     anchors, cands = _randn(3, 2, seed=14), _randn(4, 2, seed=15)
     got = jfn.info_nce_denominator(anchors, cands, TAU, exclude=torch.tensor([-1, 0, -1]), reduction="none")
-    expected = [_loop_lse(anchors[0], list(cands), TAU), _loop_lse(anchors[1], list(cands[1:]), TAU),
-                _loop_lse(anchors[2], list(cands), TAU)]
+    expected = [
+        _loop_lse(anchors[0], list(cands), TAU),
+        _loop_lse(anchors[1], list(cands[1:]), TAU),
+        _loop_lse(anchors[2], list(cands), TAU),
+    ]
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
 
 
@@ -144,8 +148,11 @@ def test_energies_match_formulas():
     torch.testing.assert_close(jfn.scaled_cosine(a, b, 0.2), -cos / 0.2)
     torch.testing.assert_close(jfn.mse(a, b), ((a - b) ** 2).mean(dim=1))
     assert jfn.mse(a, b).mean().item() == pytest.approx(F.mse_loss(a, b).item(), abs=1e-12)
-    for module in (E.build_cosine(NoOptions(), RunContext()), E.build_mse(NoOptions(), RunContext()),
-                   E.build_scaled_cosine(E.ScaledCosineOptions(), RunContext())):
+    for module in (
+        E.build_cosine(NoOptions(), RunContext()),
+        E.build_mse(NoOptions(), RunContext()),
+        E.build_scaled_cosine(E.ScaledCosineOptions(), RunContext()),
+    ):
         assert module.symmetric is True
         assert module(a, b).shape == (7,)
 
@@ -170,27 +177,51 @@ def test_registration_names_and_options():
 # -- errors ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: jfn.mse(torch.zeros(3, 4), torch.zeros(3, 5)), r"mse: a and b must have the same shape .*\(3, 4\) and \(3, 5\)"),
-    (lambda: jfn.cosine_distance(torch.zeros(3), torch.zeros(3)), r"cosine_distance: a must be a 2-D \[N, d\]"),
-    (lambda: jfn.cosine_similarity_matrix(torch.zeros(2, 3), torch.zeros(4, 2)), r"same embedding width"),
-    (lambda: jfn.nt_xent(torch.zeros(4, 3), torch.zeros(5, 3), 0.1), r"nt_xent: z1 and z2 must have the same shape"),
-    (lambda: jfn.info_nce(torch.zeros(2, 3), torch.zeros(3, 3), None, 0.1, negatives=torch.zeros(1, 3)),
-     r"info_nce: anchors and positives"),
-    (lambda: jfn.info_nce_denominator(torch.zeros(2, 3), torch.zeros(3, 3), 0.1, negatives=torch.zeros(2, 4)),
-     r"anchors and negatives must have the same embedding width"),
-    (lambda: jfn.info_nce_denominator(torch.zeros(3, 2), torch.zeros(4, 2), 0.1, self_mask_offset=2),
-     r"self_mask_offset=2 excludes candidates \[2, 5\)"),
-    (lambda: jfn.info_nce_denominator(torch.zeros(2, 2), torch.zeros(4, 2), 0.1, exclude=torch.tensor([0, 4])),
-     r"exclude holds index 4"),
-    (lambda: jfn.info_nce_denominator(torch.zeros(1, 2), torch.zeros(1, 2), 0.1, self_mask_offset=0),
-     r"no candidate left"),
-    (lambda: jfn.scaled_cosine(torch.zeros(2, 2), torch.zeros(2, 2), 0.0), r"temperature must be a positive"),
-    (lambda: jfn.nt_xent(torch.zeros(2, 2), torch.zeros(2, 2), 0.1, reduction="avg"), r"reduction must be one of"),
-    (lambda: FN.InfoNCEDenominator(0.1)(StepOutputs(Branch([], [torch.zeros(2, 2), torch.zeros(3, 2)]),
-                                                    Branch([], [torch.zeros(2, 2)]), n_global=1)),
-     r"same N samples"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: jfn.mse(torch.zeros(3, 4), torch.zeros(3, 5)),
+            r"mse: a and b must have the same shape .*\(3, 4\) and \(3, 5\)",
+        ),
+        (lambda: jfn.cosine_distance(torch.zeros(3), torch.zeros(3)), r"cosine_distance: a must be a 2-D \[N, d\]"),
+        (lambda: jfn.cosine_similarity_matrix(torch.zeros(2, 3), torch.zeros(4, 2)), r"same embedding width"),
+        (
+            lambda: jfn.nt_xent(torch.zeros(4, 3), torch.zeros(5, 3), 0.1),
+            r"nt_xent: z1 and z2 must have the same shape",
+        ),
+        (
+            lambda: jfn.info_nce(torch.zeros(2, 3), torch.zeros(3, 3), None, 0.1, negatives=torch.zeros(1, 3)),
+            r"info_nce: anchors and positives",
+        ),
+        (
+            lambda: jfn.info_nce_denominator(torch.zeros(2, 3), torch.zeros(3, 3), 0.1, negatives=torch.zeros(2, 4)),
+            r"anchors and negatives must have the same embedding width",
+        ),
+        (
+            lambda: jfn.info_nce_denominator(torch.zeros(3, 2), torch.zeros(4, 2), 0.1, self_mask_offset=2),
+            r"self_mask_offset=2 excludes candidates \[2, 5\)",
+        ),
+        (
+            lambda: jfn.info_nce_denominator(torch.zeros(2, 2), torch.zeros(4, 2), 0.1, exclude=torch.tensor([0, 4])),
+            r"exclude holds index 4",
+        ),
+        (
+            lambda: jfn.info_nce_denominator(torch.zeros(1, 2), torch.zeros(1, 2), 0.1, self_mask_offset=0),
+            r"no candidate left",
+        ),
+        (lambda: jfn.scaled_cosine(torch.zeros(2, 2), torch.zeros(2, 2), 0.0), r"temperature must be a positive"),
+        (lambda: jfn.nt_xent(torch.zeros(2, 2), torch.zeros(2, 2), 0.1, reduction="avg"), r"reduction must be one of"),
+        (
+            lambda: FN.InfoNCEDenominator(0.1)(
+                StepOutputs(
+                    Branch([], [torch.zeros(2, 2), torch.zeros(3, 2)]), Branch([], [torch.zeros(2, 2)]), n_global=1
+                )
+            ),
+            r"same N samples",
+        ),
+    ],
+)
 def test_error_messages(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -209,8 +240,13 @@ def test_half_precision_is_finite_even_for_zero_rows(dtype):
     z1, z2 = _randn(6, 8, seed=60, dtype=dtype), _randn(6, 8, seed=61, dtype=dtype)
     z1[0] = 0  # torch's default eps 1e-12 underflows in fp16 and would give NaN here
     out = _shared_outputs([z1, z2], n_global=2)
-    values = [jfn.nt_xent(z1, z2, 0.1), jfn.cosine_distance(z1, z2), jfn.scaled_cosine(z1, z2, 0.1),
-              jfn.mse(z1 * 300, z2 * 300), FN.InfoNCEDenominator(0.1)(out)]
+    values = [
+        jfn.nt_xent(z1, z2, 0.1),
+        jfn.cosine_distance(z1, z2),
+        jfn.scaled_cosine(z1, z2, 0.1),
+        jfn.mse(z1 * 300, z2 * 300),
+        FN.InfoNCEDenominator(0.1)(out),
+    ]
     for value in values:
         assert value.dtype == torch.float32
         assert torch.isfinite(value).all()

@@ -75,12 +75,12 @@ def test_ema_target_is_a_frozen_copy_moved_only_by_the_update():
     before = [p.clone() for p in model.target_backbone.parameters()]
     updater = EmaTarget(model, TargetOptions(name="ema", momentum=1.0, schedule="constant"), total_steps=10)
     updater.update(1.0)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.target_backbone.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.target_backbone.parameters(), strict=True))
     updater.update(0.5)
-    for b, o, t in zip(before, online, model.target_backbone.parameters()):
+    for b, o, t in zip(before, online, model.target_backbone.parameters(), strict=True):
         torch.testing.assert_close(t, 0.5 * b + 0.5 * o)
     updater.update(0.0)
-    assert all(torch.equal(o, t) for o, t in zip(online, model.target_backbone.parameters()))
+    assert all(torch.equal(o, t) for o, t in zip(online, model.target_backbone.parameters(), strict=True))
 
 
 def test_ema_momentum_follows_a_cosine_schedule():

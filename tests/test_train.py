@@ -60,7 +60,7 @@ def _weights(run_dir):
 
 def test_interrupted_run_saves_and_resume_matches_an_uninterrupted_run(tmp_path, plugins):
     pipeline = {"train": {"epochs": 2}}  # 64 images / 16 = 4 steps per epoch; stop mid-epoch 2
-    straight = tiny_run(pipeline, steps=8, run_dir=tmp_path / "straight", plugins=plugins)
+    tiny_run(pipeline, steps=8, run_dir=tmp_path / "straight", plugins=plugins)
 
     stopper = StopAt(6)
     plugins.manager.register(stopper, name="stopper")
@@ -159,3 +159,40 @@ def test_a_non_finite_loss_stops_the_run_with_advice(plugins):
             tiny_run(steps=2, plugins=plugins)
     finally:
         plugins.manager.unregister(name="exploding")
+
+
+def _lrs(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["lr"] for line in lines if "lr" in line]
+
+
+def test_lr_schedule_counts_optimizer_steps_under_accumulation(plugins):
+    # lr 0.1 × (16 × 2 accumulated / 256): a cosine over 3 steps leaves 0.75, 0.25, then 0 of the peak.
+    result = tiny_run({"train": {"grad_accum": 2, "batch_size": 16, "epochs": 3}}, steps=3, plugins=plugins)
+    peak = 0.1 * 32 / 256
+    assert _lrs(result.run_dir) == pytest.approx([0.75 * peak, 0.25 * peak, 0.0], abs=1e-12)
+
+
+def test_two_processes_train_with_one_summary_and_the_same_schedule(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from jef.testing import TINY_PIPELINE
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not found beside the interpreter")
+    pipeline = {**TINY_PIPELINE, "data": {**TINY_PIPELINE["data"], "train_size": 128},
+                "train": {**TINY_PIPELINE["train"], "max_steps": 3}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "jef", "train", str(path),
+                             "--run-dir", str(tmp_path / "run"), "--cpu"],
+                            capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("final metrics:") == 1  # only rank 0 prints
+    peak = 0.1 * 32 / 256  # global batch 2 × 16
+    assert _lrs(tmp_path / "run") == pytest.approx([0.75 * peak, 0.25 * peak, 0.0], abs=1e-12)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3

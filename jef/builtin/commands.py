@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 import yaml
@@ -44,7 +45,8 @@ def train_command(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
     metrics = train(pipeline, run_dir=args.run_dir, resume=args.resume, plugins=args.plugins,
                     cpu=True if args.cpu else None)
-    print(format_metrics(metrics))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
+        print(format_metrics(metrics))
     return 0
 
 

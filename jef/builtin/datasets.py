@@ -2,8 +2,8 @@
 
 from collections.abc import Callable
 
-from jef.data.fashion import (PAPER as FASHION_PAPER, FashionMiniOptions, FashionOptions, build_fashion_mnist,
-                              build_fashion_mnist_mini)
+from jef.data.fashion import PAPER as FASHION_PAPER
+from jef.data.fashion import FashionMiniOptions, FashionOptions, build_fashion_mnist, build_fashion_mnist_mini
 from jef.data.folder import FolderOptions, build_image_folder
 from jef.data.idx import IdxOptions, build_idx
 from jef.data.synthetic import SyntheticOptions, build_synthetic

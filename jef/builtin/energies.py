@@ -16,8 +16,8 @@ import attrs
 from attrs import validators as v
 from torch import Tensor, nn
 
-from jef.functional import cosine_distance, mse, scaled_cosine
 from jef.components import NoOptions, RunContext
+from jef.functional import cosine_distance, mse, scaled_cosine
 from jef.hookspecs import hookimpl
 
 __all__ = ["CosineEnergy", "MSEEnergy", "ScaledCosineEnergy", "ScaledCosineOptions", "build_cosine",

@@ -19,8 +19,8 @@ from attrs import validators as v
 from torch import Tensor, nn
 
 from jef import dist
-from jef.functional import info_nce_denominator
 from jef.components import RunContext, StepOutputs
+from jef.functional import info_nce_denominator
 from jef.hookspecs import hookimpl
 
 __all__ = ["InfoNCEDenominator", "InfoNCEOptions", "build_info_nce", "jef_register_functionals"]

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from jef.functional._checks import (
-    check_embeddings,
     check_reduction,
     check_same_dim,
     check_same_shape,
