@@ -28,8 +28,7 @@ test: install
 	$(PY) -m pytest -q tests plugins
 
 docs: install
-	$(PY) -m pip install --quiet -e '.[docs]'
-	$(VENV)/bin/mkdocs build --strict
+	$(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) runs site

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RegistryError, FileNotFoundError) as error:
         print(f"jef: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # a diverged run: the message says what to try
+        print(f"jef: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -150,6 +150,8 @@ def resolve(user: Mapping[str, Any], overrides: list[str] | None = None, *, sour
         overrides = list(overrides or [])
         # The method decides the recipe, so an override of it applies first; the others apply last.
         user = apply_overrides(dict(user), [o for o in overrides if o.partition("=")[0].strip() == "method"])
+        # Requirements first: a missing plugin explains an unknown method better than the lookup can.
+        check_requirements(user.get("requires") or [])
         merged = copy.deepcopy(CORE_DEFAULTS)
         method = None
         if user.get("method") is not None:
@@ -283,10 +285,12 @@ def _validate(data: dict[str, Any], method: Entry | None, registry: Registry, so
         eval=build_options(EvalOptions, data.get("eval"), "eval"))
 
 
-def check_requirements(requires: list[str]) -> None:
+def check_requirements(requires: Any) -> None:
     """Fail clearly when a ``requires:`` entry is not installed or too old."""
     from packaging.requirements import InvalidRequirement, Requirement
 
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise ConfigError("expected a list of requirement strings like 'jef-plugin-x>=0.1'", path="requires")
     for i, text in enumerate(requires):
         try:
             requirement = Requirement(text)

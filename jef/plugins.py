@@ -1,15 +1,9 @@
-"""Plugin discovery: built-ins, installed entry points and local files.
+"""Plugin discovery: built-ins, installed entry points (group ``jef``) and local files, one at a time.
 
-Discovery is explicit (call :func:`get_plugins`), never a side effect of
-``import jef``. Entry points of the ``jef`` group are loaded one at a time; a
-plugin that fails (import error, misspelt hook, error while registering) is
-recorded as broken with its distribution and the error, and the others load.
-
-Environment:
-    JEF_LOAD_PLUGINS: comma-separated entry-point names to load; set but empty
-        loads no installed plugin (built-ins always load).
-    JEF_DISABLE_PLUGINS: comma-separated entry-point names not to load.
-    JEF_TRACE_PLUGINS: when set to 1, print every hook call.
+A plugin that fails (import error, misspelt hook, error while registering) is recorded as broken with
+its distribution and the error; the others load. Discovery is explicit, never a side effect of import.
+Environment: ``JEF_LOAD_PLUGINS`` (comma-separated allow-list of entry points; set but empty loads none),
+``JEF_DISABLE_PLUGINS`` (names not to load), ``JEF_TRACE_PLUGINS=1`` (print every hook call).
 """
 
 from __future__ import annotations
@@ -31,8 +25,7 @@ from jef import hookspecs
 from jef.registry import KINDS, Provenance, Registry, closest
 
 ENTRY_POINT_GROUP = "jef"
-BUILTIN_MODULES = ("augmenters", "backbones", "heads", "energies", "functionals", "datasets",
-                   "monitors", "step", "commands")
+BUILTIN_MODULES = tuple("augmenters backbones heads energies functionals datasets monitors step commands".split())
 
 
 @attrs.define
@@ -120,6 +113,13 @@ def get_plugins() -> Plugins:
     return _CACHED
 
 
+def add_plugin(plugins: Plugins, name: str, plugin: Any) -> PluginInfo:
+    """Register one more plugin object after loading and add its components to the registry."""
+    _add(plugins, name, lambda: plugin, PluginInfo(name))
+    _register_components(plugins, only=name)
+    return plugins.infos[name]
+
+
 def _add(plugins: Plugins, name: str, load: Any, info: PluginInfo) -> None:
     """Import and register one plugin; record it as broken instead of raising."""
     plugins.infos[name] = info
@@ -155,12 +155,12 @@ def _reject_unknown_hooks(plugins: Plugins) -> None:
             manager.unregister(name=impl.plugin_name)
 
 
-def _register_components(plugins: Plugins) -> None:
-    """Call every registration hook plugin by plugin, recording who provided what."""
+def _register_components(plugins: Plugins, only: str | None = None) -> None:
+    """Call every registration hook plugin by plugin (or of plugin ``only``), recording who provided what."""
     for kind, hook_name in KINDS.items():
         for impl in getattr(plugins.manager.hook, hook_name).get_hookimpls():
             info = plugins.infos[impl.plugin_name]
-            if info.status != "ok":
+            if info.status != "ok" or (only is not None and impl.plugin_name != only):
                 continue
             provenance = Provenance(impl.plugin_name, info.distribution, info.version)
             try:
@@ -196,5 +196,5 @@ def _import_file(path: Path) -> ModuleType:
 def _version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
         return None

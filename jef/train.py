@@ -35,6 +35,7 @@ from jef.optim import build_optimizer, warmup_cosine
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
 from jef.runlog import MetricsLogger, plugin_listing, write_run_files
+from jef.validate import ConfigError
 
 
 @attrs.define(eq=False)
@@ -75,7 +76,7 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     GradientState._reset_state()
     use_cpu = cpu if cpu is not None else not torch.cuda.is_available()
     if use_cpu and train_options.precision == "fp16":
-        raise ValueError(f"{pipeline.source}: train.precision: fp16 needs a GPU; use bf16 on CPU")
+        raise ConfigError("fp16 needs a GPU; use bf16 on CPU", path="train.precision", source=pipeline.source)
     # The schedule is defined in optimiser steps: step it once per optimiser step, whatever the world size.
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=train_options.precision,
                               gradient_accumulation_steps=train_options.grad_accum,
@@ -89,9 +90,9 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     splits = build_data(pipeline, ctx)  # first: the number of steps depends on the data's size
     per_epoch = len(splits.train) // (ctx.global_batch_size * train_options.grad_accum)
     if per_epoch == 0:
-        raise ValueError(f"{pipeline.source}: data {pipeline.data.name!r} has {len(splits.train)} images, "
-                         f"fewer than one step's {ctx.global_batch_size * train_options.grad_accum}; "
-                         f"lower train.batch_size")
+        raise ConfigError(f"data {pipeline.data.name!r} has {len(splits.train)} images, fewer than one step's "
+                          f"{ctx.global_batch_size * train_options.grad_accum}; lower train.batch_size",
+                          path="train.batch_size", source=pipeline.source)
     total = per_epoch * train_options.epochs
     if train_options.max_steps:
         total = min(total, train_options.max_steps)

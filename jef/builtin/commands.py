@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 import yaml
@@ -25,6 +26,8 @@ def jef_register_commands(register):
              description="List registered components with their options and defaults.")
     register("config", config_command, arguments=config_arguments,
              description="Show a pipeline fully resolved, with the plugin behind each slot.")
+    register("new-plugin", new_plugin_command, arguments=new_plugin_arguments,
+             description="Generate an installable plugin package with a working example and its tests.")
 
 
 # -- train -------------------------------------------------------------------
@@ -61,8 +64,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def _warn_broken(plugins: Any) -> None:
-    import sys
-
     for info in plugins.broken():
         print(f"jef: warning: plugin {info.name!r} is broken and was not loaded: {info.error}", file=sys.stderr)
 
@@ -99,6 +100,8 @@ def plugins_command(args: argparse.Namespace) -> int:
 
 # -- list ----------------------------------------------------------------------
 
+PLURALS = {"energy": "energies"}
+
 
 def list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", nargs="?", choices=list(KINDS), help="only this kind of component")
@@ -116,7 +119,7 @@ def list_command(args: argparse.Namespace) -> int:
     for row in rows:
         if row["kind"] != kind:
             kind = row["kind"]
-            print(f"\n{kind}s:")
+            print(f"\n{PLURALS.get(kind, kind + 's')}:")
         print(f"  {row['name']}  ({row['plugin']})" + (f" - {row['description']}" if row["description"] else ""))
         for option in row["options"]:
             doc = f"  # {option['doc']}" if option["doc"] else ""
@@ -159,3 +162,30 @@ def objective_formula(pipeline: Pipeline) -> str:
         parts.append(f"{pipeline.energy.weight:g}·mean_(a,b) D[{pipeline.energy.name}](p_a, t_b)")
     parts += [f"{slot.weight:g}·F[{slot.name}](H)" for slot in pipeline.functionals]
     return " + ".join(parts)
+
+
+# -- new-plugin ------------------------------------------------------------------
+
+
+def new_plugin_arguments(parser: argparse.ArgumentParser) -> None:
+    from jef.scaffold import KINDS
+
+    parser.add_argument("name", help="plugin name, e.g. 'barlow' (makes jef-plugin-barlow)")
+    parser.add_argument("--kind", choices=list(KINDS), default="method",
+                        help="what the example provides: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items()))
+    parser.add_argument("--directory", help="where to create it (default: plugins/ if present, else .)")
+
+
+def new_plugin_command(args: argparse.Namespace) -> int:
+    from jef.scaffold import generated_files, new_plugin
+
+    try:
+        target = new_plugin(args.name, args.kind, args.directory)
+    except (ValueError, FileExistsError) as error:
+        print(f"jef: error: {error}", file=sys.stderr)
+        return 2
+    print(f"created {target}/")
+    for name in generated_files(target):
+        print(f"  {name}")
+    print(f"next:\n  pip install -e {target}\n  jef plugins\n  pytest {target / 'tests'}")
+    return 0

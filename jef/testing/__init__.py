@@ -1,0 +1,218 @@
+"""Helpers for testing jef and jef plugins.
+
+* :func:`fresh_plugins` -- a plugin manager with exactly the plugins you name.
+* :func:`fake_distribution` -- an installed-looking distribution with a ``jef``
+  entry point, made in a temporary directory (offline entry-point tests).
+* :func:`tiny_run` -- the real training loop on CPU on tiny synthetic images,
+  recording which hooks were called.
+* :func:`temporary_plugin` -- add a plugin to loaded plugins for a ``with`` block.
+* Contract checks (:mod:`jef.testing.contracts`): :func:`check_energy`,
+  :func:`check_functional`, :func:`check_functional_under_gather`,
+  :func:`check_augmenter`, :func:`check_backbone`, :func:`check_head` and
+  :func:`check_component` raise :class:`ContractError` explaining how a
+  component breaks its kind's contract; :func:`build_component` builds a
+  registered component with small defaults.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from jef.config import merge, resolve
+from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
+from jef.registry import closest
+from jef.testing.contracts import ContractError, build_component, check_component, check_energy, check_functional
+from jef.testing.gather_contract import check_functional_under_gather
+from jef.testing.module_contracts import check_augmenter, check_backbone, check_head
+
+__all__ = [
+    "TINY_PIPELINE",
+    "ContractError",
+    "TinyRunResult",
+    "build_component",
+    "check_augmenter",
+    "check_backbone",
+    "check_component",
+    "check_energy",
+    "check_functional",
+    "check_functional_under_gather",
+    "check_head",
+    "fake_distribution",
+    "fresh_plugins",
+    "temporary_plugin",
+    "tiny_pipeline",
+    "tiny_run",
+]
+
+#: What makes a run tiny: small synthetic data, a small backbone and heads, one short epoch, no progress bar.
+TINY_SETTINGS: dict[str, Any] = {
+    "data": {"name": "synthetic", "train_size": 64, "test_size": 32, "image_size": 16, "num_classes": 4},
+    "backbone": {"name": "small_cnn", "width": 8},
+    "projector": {"dims": [32, 16]},
+    "train": {"epochs": 1, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1},
+              "progress": False, "tensorboard": False, "log_every": 1},
+    "eval": {"knn": {"k": 5}},
+}
+#: The objective of a tiny run that names no method (SimCLR's parts).
+TINY_OBJECTIVE: dict[str, Any] = {
+    "energy": {"name": "scaled_cosine", "temperature": 0.5},
+    "functionals": [{"name": "info_nce", "temperature": 0.5}],
+}
+#: A complete pipeline small enough to train in seconds on a CPU.
+TINY_PIPELINE: dict[str, Any] = {**TINY_SETTINGS, **TINY_OBJECTIVE}
+
+
+def fresh_plugins(*plugins: Any, builtins: bool = True, entry_points: bool = False) -> Plugins:
+    """Load a plugin manager with built-ins and the given plugin objects or modules (named by ``__name__``)."""
+    named = tuple((getattr(p, "__name__", None) or type(p).__name__, p) for p in plugins)
+    return load_plugins(builtins=builtins, entry_points=entry_points, extra=named)
+
+
+@contextmanager
+def fake_distribution(name: str, module_source: str, *, entry_point: str | None = None,
+                      version: str = "0.1.0", module: str | None = None) -> Iterator[Path]:
+    """Make ``name`` look installed, with ``[jef] entry_point = module`` and the module's source.
+
+    Adds a temporary directory holding ``<module>.py`` and a ``.dist-info`` to
+    ``sys.path`` for the duration of the ``with`` block, then removes both and
+    forgets the imported module.
+
+    Args:
+        name: Distribution name (``jef-plugin-demo``).
+        module_source: Python source of the plugin module.
+        entry_point: Entry-point name (default: the name after ``jef-plugin-``).
+        version: Distribution version.
+        module: Import name of the module (default: the name with ``-`` → ``_``).
+    """
+    module = module or name.replace("-", "_")
+    entry_point = entry_point or name.removeprefix("jef-plugin-")
+    with tempfile.TemporaryDirectory(prefix="jef-fake-dist-") as tmp:
+        root = Path(tmp)
+        (root / f"{module}.py").write_text(textwrap.dedent(module_source), encoding="utf-8")
+        info = root / f"{module}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+                                       encoding="utf-8")
+        (info / "entry_points.txt").write_text(f"[jef]\n{entry_point} = {module}\n", encoding="utf-8")
+        sys.path.insert(0, str(root))
+        try:
+            yield root
+        finally:
+            sys.path.remove(str(root))
+            sys.modules.pop(module, None)
+
+
+def tiny_pipeline(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    """:data:`TINY_PIPELINE` merged with ``overrides`` and validated (``kwargs`` go to :func:`jef.config.resolve`)."""
+    return resolve(merge(TINY_PIPELINE, overrides or {}), source="<tiny>", **kwargs)
+
+
+@attrs.define
+class TinyRunResult:
+    """What :func:`tiny_run` returns."""
+
+    metrics: dict[str, float]
+    hooks_called: list[str]
+    run_dir: Path
+
+
+def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_dir: str | Path | None = None,
+             plugins: Plugins | None = None, resume: bool = False) -> TinyRunResult:
+    """Run the real training loop on CPU for ``steps`` steps on tiny synthetic data.
+
+    Args:
+        pipeline: Overrides of :data:`TINY_PIPELINE`; with ``method``, of :data:`TINY_SETTINGS` only, so
+            that the method's recipe supplies the objective (e.g. ``{"method": "simclr"}``).
+        steps: Optimiser steps (``train.max_steps``).
+        run_dir: Where checkpoints and logs go (default: a new temporary directory).
+        plugins: The plugins to use (default: :func:`fresh_plugins` with entry points).
+        resume: Continue from ``run_dir``'s checkpoint.
+    """
+    from jef.train import train
+
+    plugins = plugins or load_plugins()
+    data = merge(pipeline or {}, {"train": {"max_steps": steps}})
+    # With a method, its recipe supplies the objective; the tiny settings only shrink data, model and steps.
+    base = TINY_SETTINGS if data.get("method") else TINY_PIPELINE
+    # Nameless tiny settings (projector dims) would leak into a component the caller chose by name.
+    base = {key: value for key, value in base.items()
+            if not (isinstance(value, dict) and "name" not in value and isinstance(data.get(key), dict)
+                    and "name" in data[key])}
+    validated = resolve(merge(base, data), source="<tiny_run>", registry=plugins.registry)
+    directory = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="jef-tiny-run-"))
+    called: list[str] = []
+
+    def before(hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        called.append(hook_name)
+
+    undo = plugins.manager.add_hookcall_monitoring(before, lambda *args: None)
+    try:
+        metrics = train(validated, run_dir=directory, plugins=plugins, cpu=True, resume=resume)
+    finally:
+        undo()
+    return TinyRunResult(metrics, called, directory)
+
+
+@contextmanager
+def temporary_plugin(plugins: Plugins, plugin: Any, name: str | None = None) -> Iterator[PluginInfo]:
+    """Add ``plugin`` (a module or object with ``@jef.hookimpl`` functions) to loaded plugins for a ``with`` block.
+
+    Its components are in ``plugins.registry`` inside the block; on exit they
+    are removed, the plugin is unregistered from ``plugins.manager`` and its
+    record deleted from ``plugins.infos``.
+
+    Args:
+        plugins: Loaded plugins, e.g. ``load_plugins(entry_points=False)``.
+        plugin: The plugin object.
+        name: Its name (default: ``plugin.__name__``, else its class name).
+
+    Yields:
+        The plugin's :class:`~jef.plugins.PluginInfo`.
+
+    Raises:
+        ValueError: A plugin of that name is already loaded.
+        RuntimeError: The plugin is broken (fails to register, misspells a
+            hook, or fails in a registration hook); raised after cleaning up.
+    """
+    name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+    if name in plugins.infos or plugins.manager.has_plugin(name):
+        # add_plugin would overwrite the existing record, and the clean-up would then remove that plugin.
+        raise ValueError(f"temporary_plugin: a plugin named {name!r} is already loaded; pass another name")
+    try:
+        info = add_plugin(plugins, name, plugin)
+        _reject_unknown_hooks(plugins, name, info)
+        if info.status == "broken":
+            raise RuntimeError(f"temporary_plugin: plugin {name!r} is broken: {info.error}")
+        yield info
+    finally:
+        plugins.registry.remove_plugin(name)
+        if plugins.manager.has_plugin(name):
+            plugins.manager.unregister(name=name)
+        plugins.infos.pop(name, None)
+
+
+def _reject_unknown_hooks(plugins: Plugins, name: str, info: PluginInfo) -> None:
+    """Mark plugin ``name`` broken when it has a ``jef_*`` hook matching no spec (a typo).
+
+    ``load_plugins`` does this for the plugins it loads; ``add_plugin`` does
+    not, and a misspelt hook would otherwise be silently never called.
+    """
+    hooks = plugins.manager.hook
+    specs = [hook for hook in dir(hooks) if hook.startswith("jef_") and getattr(hooks, hook).has_spec()]
+    for hook in dir(hooks):
+        caller = getattr(hooks, hook)
+        if not hook.startswith("jef_") or caller.has_spec():
+            continue
+        if any(impl.plugin_name == name and not impl.optionalhook for impl in caller.get_hookimpls()):
+            hint = closest(hook, specs)
+            info.status = "broken"
+            info.error = f"unknown hook {hook!r}" + (f"; did you mean {hint!r}?" if hint else "")
+            return
