@@ -25,7 +25,7 @@ from jef import hookspecs
 from jef.registry import KINDS, Provenance, Registry, closest
 
 ENTRY_POINT_GROUP = "jef"
-BUILTIN_MODULES = tuple("augmenters backbones heads energies functionals datasets monitors step commands".split())
+BUILTINS = tuple("augmenters backbones heads energies functionals queues banks datasets monitors step commands".split())
 
 
 @attrs.define
@@ -79,7 +79,7 @@ def load_plugins(*, builtins: bool = True, entry_points: bool = True,
     """
     plugins = Plugins(new_manager(), Registry(), {})
     if builtins:
-        for module in BUILTIN_MODULES:
+        for module in BUILTINS:
             _add(plugins, f"builtin.{module}", lambda m=module: importlib.import_module(f"jef.builtin.{m}"),
                  PluginInfo(f"builtin.{module}", "jef", _version("jef"), builtin=True))
     if entry_points:
