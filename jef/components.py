@@ -61,8 +61,11 @@ class RunContext:
         image_size: Side of the global views.
         n_views: Views per image made by the augmenter.
         n_global: Of those, how many are global (they come first).
-        in_dim: Width of the input a head receives (set when building heads).
+        in_dim: Width of the input a head receives (set when building heads); for energies and
+            functionals, the width of the embeddings they compare.
         run_dir: Directory of the run (checkpoints, logs), if any.
+        train_size: Images in the training split (set once the data is built;
+            memory banks hold one row per training image).
     """
 
     seed: int = 0
@@ -81,6 +84,7 @@ class RunContext:
     n_global: int = 2
     in_dim: int | None = None
     run_dir: Path | None = None
+    train_size: int | None = None
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ from jef.components import Branch, DataSplits, RunContext, StepOutputs
 from jef.config import Pipeline, Slot
 from jef.hookspecs import hookimpl
 from jef.options import TargetOptions
+from jef.shuffle_bn import shuffled_encode
 
 
 class Objective(nn.Module):
@@ -75,6 +76,7 @@ class JointEmbedding(nn.Module):
         self.objective = objective
         self.target_mode = target.name
         self.n_global = n_global
+        self.shuffle_bn = target.name == "ema" and target.shuffle_bn
         if target.name == "ema":
             self.target_backbone = _frozen_copy(backbone)
             self.target_projector = _frozen_copy(self.projector) if target.projector else None
@@ -102,6 +104,8 @@ class JointEmbedding(nn.Module):
             target = Branch(h=online.h[:g], z=online.z[:g])
         elif self.target_mode == "stopgrad":
             target = Branch(h=[x.detach() for x in online.h[:g]], z=[x.detach() for x in online.z[:g]])
+        elif self.shuffle_bn:
+            target = shuffled_encode(views[:g], self.target_backbone, self.target_projector)
         else:
             with torch.no_grad():
                 target = self.encode(views[:g], self.target_backbone, self.target_projector)
@@ -173,7 +177,7 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
     data, view counts from the augmenter, ``in_dim`` for each head.
     """
     splits = splits if splits is not None else build_data(pipeline, ctx)
-    ctx = attrs.evolve(ctx, in_channels=splits.channels, image_size=splits.image_size)
+    ctx = attrs.evolve(ctx, in_channels=splits.channels, image_size=splits.image_size, train_size=len(splits.train))
     augmenter = _make(pipeline.augmenter, ctx)
     ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
                        image_size=getattr(augmenter, "size", ctx.image_size))
@@ -185,8 +189,11 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
         width = projector.out_dim
     if pipeline.predictor is not None:
         predictor = _make(pipeline.predictor, attrs.evolve(ctx, in_dim=width))
-    energy = (pipeline.energy.name, _make(pipeline.energy, ctx), pipeline.energy.weight) if pipeline.energy else None
-    functionals = [(s.name, _make(s, ctx), s.weight) for s in pipeline.functionals]
+    # Energies and functionals see the width of the target embeddings z as ``in_dim`` (a queue sizes its buffer
+    # with it before any batch, so that a checkpoint can be loaded into it).
+    z_ctx = attrs.evolve(ctx, in_dim=width)
+    energy = (pipeline.energy.name, _make(pipeline.energy, z_ctx), pipeline.energy.weight) if pipeline.energy else None
+    functionals = [(s.name, _make(s, z_ctx), s.weight) for s in pipeline.functionals]
     objective = Objective(energy, functionals)
     model = JointEmbedding(backbone, projector, predictor, objective, pipeline.target, augmenter.n_global)
     monitors = [_make(s, ctx) for s in pipeline.monitors]

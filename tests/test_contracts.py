@@ -42,7 +42,10 @@ def plugins():
 
 BUILTINS = {
     "energy": [("cosine", {}), ("mse", {}), ("scaled_cosine", {"temperature": 0.5})],
-    "functional": [("info_nce", {}), ("info_nce", {"temperature": 0.5})],
+    "functional": [("info_nce", {}), ("info_nce", {"temperature": 0.5}),
+                   ("memory_bank", {"size": 16, "dim": 8, "noise_samples": 4}),
+                   ("memory_bank", {"size": 16, "dim": 8, "loss": "softmax", "proximal": 1.0}),
+                   ("queue_info_nce", {"dim": 8})],
     "augmenter": [("views", {}), ("views", {"n_local": 2, "blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]})],
     "backbone": [("small_cnn", {"width": 4}), ("resnet18", {}), ("resnet18", {"small_images": True})],
     "head": [("mlp", {"dims": [16, 8]}), ("mlp", {"dims": [16, 8], "last_batch_norm": True}), ("identity", {})],

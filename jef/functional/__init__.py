@@ -20,3 +20,6 @@ __all__ = [
     "nt_xent",
     "scaled_cosine",
 ]
+from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
+
+__all__ += ["full_softmax_loss", "momentum_update", "nce_loss", "nce_normaliser", "nce_posterior"]
