@@ -13,13 +13,12 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from jef import hookimpl
 from jef.builtin.banks import MemoryBank
 from jef.checkpoint import load_checkpoint
 from jef.components import Branch, RunContext, StepOutputs
 from jef.functional import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
 from jef.plugins import load_plugins
-from jef.testing import build_component, tiny_run
+from jef.testing import InterruptAt, build_component, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -186,21 +185,9 @@ INSTDISC_TINY = {
 }
 
 
-class StopAt:
-    """Interrupts the run after a given step, as Ctrl-C would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def jef_step_end(self, run, outputs, terms):
-        if run.step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_bank_is_saved_and_restored_exactly_through_an_interrupted_run(tmp_path, plugins):
     straight = tiny_run(INSTDISC_TINY, steps=8, run_dir=tmp_path / "straight", plugins=plugins)
-    plugins.manager.register(StopAt(6), name="stopper")
+    plugins.manager.register(InterruptAt(6), name="stopper")
     try:
         with pytest.raises(KeyboardInterrupt):
             tiny_run(INSTDISC_TINY, steps=8, run_dir=tmp_path / "resumed", plugins=plugins)

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
 import math
-import os
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 
-from jef import hookimpl
 from jef.builtin.energies import ScaledCosineEnergy
 from jef.builtin.queues import QueueInfoNCE
 from jef.checkpoint import load_checkpoint
@@ -22,7 +16,14 @@ from jef.components import Branch, StepOutputs
 from jef.functional.queue import enqueue
 from jef.pipeline import Objective
 from jef.plugins import load_plugins
-from jef.testing import build_component, check_functional, check_functional_under_gather, tiny_run
+from jef.testing import (
+    InterruptAt,
+    build_component,
+    check_functional,
+    check_functional_under_gather,
+    run_in_processes,
+    tiny_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,10 @@ def test_only_the_key_branch_is_enqueued_normalised_view_by_view():
 def test_a_queue_of_the_wrong_width_names_both_widths_and_the_option():
     functional = QueueInfoNCE(0.2, size=10, dim=3)
     x = [torch.randn(4, 5) for _ in range(2)]
-    with pytest.raises(ValueError, match="holds 3-dimensional keys but the embeddings are 5-dimensional; set the "
-                                         "functional's `dim` option to 5"):
+    with pytest.raises(
+        ValueError,
+        match="holds 3-dimensional keys but the embeddings are 5-dimensional; set the functional's `dim` option to 5",
+    ):
         functional(_outputs(x, x))
 
 
@@ -86,6 +89,7 @@ def test_a_queue_of_the_wrong_width_names_both_widths_and_the_option():
 
 def moco_reference(queries, keys, queue, temperature):
     """MoCo's InfoNCE (He et al. 2020, eq. 1) with explicit loops in float64, averaged over pairs and samples."""
+
     def cos(x, y):
         return float(x @ y) / (float(x.norm()) * float(y.norm()))
 
@@ -114,27 +118,20 @@ def test_scaled_cosine_plus_queue_info_nce_is_mocos_info_nce():
 
 def test_queue_info_nce_passes_the_functional_contract(plugins):
     check_functional(build_component(plugins, "functional", "queue_info_nce", {"dim": 8}), name="queue_info_nce")
-    check_functional(build_component(plugins, "functional", "queue_info_nce", {"dim": 8}), n_views=3, n_global=2,
-                     predictor=True)
+    check_functional(
+        build_component(plugins, "functional", "queue_info_nce", {"dim": 8}), n_views=3, n_global=2, predictor=True
+    )
 
 
 # -- checkpoints and resume ----------------------------------------------------------------
 
-MOCO_TINY = {"target": {"name": "ema", "momentum": 0.99}, "energy": {"name": "scaled_cosine", "temperature": 0.2},
-             "functionals": [{"name": "queue_info_nce", "temperature": 0.2, "size": 50}],
-             "train": {"epochs": 2}, "eval": {"knn": {"enabled": False}}}
-
-
-class StopAt:
-    """Interrupts the run after a given step, as Ctrl-C would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def jef_step_end(self, run, outputs, terms):
-        if run.step == self.step:
-            raise KeyboardInterrupt
+MOCO_TINY = {
+    "target": {"name": "ema", "momentum": 0.99},
+    "energy": {"name": "scaled_cosine", "temperature": 0.2},
+    "functionals": [{"name": "queue_info_nce", "temperature": 0.2, "size": 50}],
+    "train": {"epochs": 2},
+    "eval": {"knn": {"enabled": False}},
+}
 
 
 def _queue_state(run_dir):
@@ -144,7 +141,7 @@ def _queue_state(run_dir):
 
 def test_the_queue_is_checkpointed_and_resumes_exactly(tmp_path, plugins):
     tiny_run(MOCO_TINY, steps=8, run_dir=tmp_path / "straight", plugins=plugins)
-    stopper = StopAt(6)
+    stopper = InterruptAt(6)
     plugins.manager.register(stopper, name="stopper")
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -183,31 +180,12 @@ def _enqueue_two_steps(rows):
     return {k: v.clone() for k, v in functional.state_dict().items()}
 
 
-def _worker(rank, world_size, port, outdir, job):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
-    try:
-        torch.save(job(rank), os.path.join(outdir, f"rank{rank}.pt"))
-    finally:
-        tdist.destroy_process_group()
-
-
-def _spawn_two(job, outdir):
-    """Run ``job(rank)`` in 2 gloo processes; return what each returned."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(outdir), job), nprocs=2, join=True)
-    return [torch.load(outdir / f"rank{rank}.pt") for rank in range(2)]
-
-
 def _enqueue_job(rank):
     return _enqueue_two_steps(slice(rank * 3, rank * 3 + 3))
 
 
 def test_two_processes_enqueue_the_global_batch_like_one(tmp_path):
-    results = _spawn_two(_enqueue_job, tmp_path)
+    results = run_in_processes(_enqueue_job)
     want = _enqueue_two_steps(slice(0, 6))  # 2 steps x 2 views x 6 keys = 24 > 20: wrapped
     assert int(want["pointer"]) == 4
     for rank, got in enumerate(results):

@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 from torch import nn
 
 from jef.builtin.energies import ScaledCosineEnergy
 from jef.options import TargetOptions
 from jef.pipeline import JointEmbedding, Objective
 from jef.plugins import load_plugins
-from jef.testing import tiny_run
+from jef.testing import run_in_processes, tiny_run
 from jef.validate import ConfigError
-
-
-def _worker(rank, world_size, port, outdir, job):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
-    try:
-        torch.save(job(rank), os.path.join(outdir, f"rank{rank}.pt"))
-    finally:
-        tdist.destroy_process_group()
-
-
-def _spawn_two(job, outdir):
-    """Run ``job(rank)`` in 2 gloo processes; return what each returned."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(outdir), job), nprocs=2, join=True)
-    return [torch.load(outdir / f"rank{rank}.pt") for rank in range(2)]
-
 
 # -- shuffling BN -----------------------------------------------------------------------------
 
@@ -115,7 +89,7 @@ def _shuffle_job(rank):
 
 
 def test_shuffle_bn_across_two_processes_mixes_their_samples_and_restores_each_ones_order(tmp_path):
-    results = _spawn_two(_shuffle_job, tmp_path)
+    results = run_in_processes(_shuffle_job)
     views = _id_views()
     # Keys are computed on a shard of the *global* batch: some of rank 0's keys come from rank 1's images.
     assert any(results[0]["calls"][b] != [100 * b + i for i in range(4)] for b in range(2))

@@ -12,7 +12,7 @@ import yaml
 from jef import hookimpl
 from jef.checkpoint import load_checkpoint
 from jef.plugins import load_plugins
-from jef.testing import tiny_run
+from jef.testing import InterruptAt, tiny_run
 
 RUN_HOOKS = ["jef_run_start", "jef_train_step", "jef_after_backward", "jef_step_end", "jef_epoch_end",
              "jef_run_end"]
@@ -42,18 +42,6 @@ def test_tiny_run_calls_every_run_hook_and_writes_the_run_directory(plugins):
     assert 0.0 <= result.metrics["knn_top1"] <= 1.0
 
 
-class StopAt:
-    """A plugin that interrupts the run after a given step, as Ctrl-C would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def jef_step_end(self, run, outputs, terms):
-        if run.step == self.step:
-            raise KeyboardInterrupt
-
-
 def _weights(run_dir):
     return load_checkpoint(run_dir / "checkpoint.pt")["model"]
 
@@ -62,7 +50,7 @@ def test_interrupted_run_saves_and_resume_matches_an_uninterrupted_run(tmp_path,
     pipeline = {"train": {"epochs": 2}}  # 64 images / 16 = 4 steps per epoch; stop mid-epoch 2
     tiny_run(pipeline, steps=8, run_dir=tmp_path / "straight", plugins=plugins)
 
-    stopper = StopAt(6)
+    stopper = InterruptAt(6)
     plugins.manager.register(stopper, name="stopper")
     try:
         with pytest.raises(KeyboardInterrupt):

@@ -27,13 +27,17 @@ from typing import Any
 import attrs
 
 from jef.config import merge, resolve
+from jef.hookspecs import hookimpl
 from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
 from jef.registry import closest
 from jef.testing.contracts import ContractError, build_component, check_component, check_energy, check_functional
+from jef.testing.distributed import run_in_processes
 from jef.testing.gather_contract import check_functional_under_gather
 from jef.testing.module_contracts import check_augmenter, check_backbone, check_head
 
 __all__ = [
+    "InterruptAt",
+    "run_in_processes",
     "TINY_PIPELINE",
     "ContractError",
     "TinyRunResult",
@@ -68,6 +72,18 @@ TINY_OBJECTIVE: dict[str, Any] = {
 }
 #: A complete pipeline small enough to train in seconds on a CPU.
 TINY_PIPELINE: dict[str, Any] = {**TINY_SETTINGS, **TINY_OBJECTIVE}
+
+
+class InterruptAt:
+    """A plugin that interrupts a run after optimiser step ``step``, as Ctrl-C would (resume tests)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def jef_step_end(self, run: Any, outputs: Any, terms: Any) -> None:
+        if run.step == self.step:
+            raise KeyboardInterrupt
 
 
 def fresh_plugins(*plugins: Any, builtins: bool = True, entry_points: bool = False) -> Plugins:
