@@ -8,10 +8,12 @@ Environment: ``JEF_LOAD_PLUGINS`` (comma-separated allow-list of entry points; s
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import os
+import pkgutil
 import sys
 import traceback
 from pathlib import Path
@@ -21,11 +23,11 @@ from typing import Any
 import attrs
 import pluggy
 
+import jef.builtin
 from jef import hookspecs
 from jef.registry import KINDS, Provenance, Registry, closest
 
 ENTRY_POINT_GROUP = "jef"
-BUILTINS = tuple("augmenters backbones heads energies functionals queues banks datasets monitors step commands".split())
 
 
 @attrs.define
@@ -79,7 +81,8 @@ def load_plugins(*, builtins: bool = True, entry_points: bool = True,
     """
     plugins = Plugins(new_manager(), Registry(), {})
     if builtins:
-        for module in BUILTINS:
+        # Every module of jef.builtin is a built-in plugin: adding one never means editing this file.
+        for module in sorted(info.name for info in pkgutil.iter_modules(jef.builtin.__path__)):
             _add(plugins, f"builtin.{module}", lambda m=module: importlib.import_module(f"jef.builtin.{m}"),
                  PluginInfo(f"builtin.{module}", "jef", _version("jef"), builtin=True))
     if entry_points:
@@ -103,14 +106,10 @@ def load_plugins(*, builtins: bool = True, entry_points: bool = True,
     return plugins
 
 
-_CACHED: Plugins | None = None
-
-
+@functools.cache
 def get_plugins() -> Plugins:
     """The process-wide plugins, loaded on first use."""
-    global _CACHED
-    _CACHED = _CACHED or load_plugins()
-    return _CACHED
+    return load_plugins()
 
 
 def add_plugin(plugins: Plugins, name: str, plugin: Any) -> PluginInfo:

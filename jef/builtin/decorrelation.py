@@ -1,0 +1,1 @@
+"""Built-in decorrelation functionals (variance, covariance, cross-correlation) over the global batch."""
