@@ -57,14 +57,33 @@ class LARS(torch.optim.Optimizer):
 
 
 def parameter_groups(model: nn.Module, options: OptimizerOptions) -> list[dict]:
-    """Trainable parameters split into decayed weights and undecayed norms/biases (1-D tensors)."""
-    decayed, plain = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (plain if options.exclude_norm_and_bias and param.ndim <= 1 else decayed).append(param)
-    groups = [{"params": decayed, "weight_decay": options.weight_decay}]
-    if plain:
-        groups.append({"params": plain, "weight_decay": 0.0, "lars_exclude": True})
+    """Trainable parameters split into decayed weights and undecayed norms/biases (1-D tensors).
+
+    With ``options.fixed_lr_predictor`` the predictor's parameters (``model.predictor``) get their own
+    groups tagged ``fixed_lr=True``, after the others, so that group 0 (whose rate the loop logs) stays a
+    scheduled group. Every group carries ``fixed_lr``; :func:`lr_lambdas` reads it.
+
+    Raises:
+        ValueError: ``fixed_lr_predictor`` is set but the model has no predictor.
+    """
+    fixed: set[int] = set()
+    if options.fixed_lr_predictor:
+        predictor = getattr(model, "predictor", None)
+        if predictor is None:
+            raise ValueError("train.optimizer.fixed_lr_predictor is true but the pipeline has no predictor; "
+                             "set fixed_lr_predictor: false or add a predictor")
+        fixed = {id(param) for param in predictor.parameters()}
+    groups = []
+    for is_fixed in (False, True):
+        decayed, plain = [], []
+        for param in model.parameters():
+            if param.requires_grad and (id(param) in fixed) == is_fixed:
+                (plain if options.exclude_norm_and_bias and param.ndim <= 1 else decayed).append(param)
+        if is_fixed and not (decayed or plain):
+            continue
+        groups.append({"params": decayed, "weight_decay": options.weight_decay, "fixed_lr": is_fixed})
+        if plain:
+            groups.append({"params": plain, "weight_decay": 0.0, "lars_exclude": True, "fixed_lr": is_fixed})
     return groups
 
 
@@ -103,3 +122,19 @@ def warmup_cosine(options: ScheduleOptions, steps_per_epoch: int, total_steps: i
         return options.final_lr_ratio + (1 - options.final_lr_ratio) * cosine
 
     return factor
+
+
+def lr_lambdas(optimizer: torch.optim.Optimizer, options: ScheduleOptions, steps_per_epoch: int,
+               total_steps: int) -> list[Callable[[int], float]]:
+    """One ``LambdaLR`` multiplier per parameter group.
+
+    Groups tagged ``fixed_lr`` (see :func:`parameter_groups`) keep factor 1.0 from the first step, warm-up
+    included: SimSiam's official code sets the predictor's rate to the base rate at every epoch and never
+    warms it up (Chen & He, 2021, arXiv:2011.10566, Sec. 4.1). The others follow :func:`warmup_cosine`.
+    """
+    scheduled = warmup_cosine(options, steps_per_epoch, total_steps)
+    return [_constant if group.get("fixed_lr") else scheduled for group in optimizer.param_groups]
+
+
+def _constant(step: int) -> float:
+    return 1.0

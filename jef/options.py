@@ -50,7 +50,14 @@ def _ema_only(options: "TargetOptions", shuffle_bn: bool) -> None:
 
 @attrs.frozen(kw_only=True)
 class OptimizerOptions:
-    """The optimiser. ``lr`` is the base rate for a global batch of 256 when ``scale_lr`` is ``linear``."""
+    """The optimiser. ``lr`` is the base rate for a global batch of 256 when ``scale_lr`` is ``linear``.
+
+    ``fixed_lr_predictor`` puts the predictor's parameters in their own
+    parameter groups (tagged ``fixed_lr``) whose rate stays at the (scaled)
+    base rate for the whole run, while the rest follow ``train.scheduler``:
+    SimSiam's predictor works best without decay (Chen & He, 2021,
+    arXiv:2011.10566, Sec. 4.1 and Table 1, "lr with cosine decay" vs "fixed").
+    """
 
     name: Literal["sgd", "lars", "adamw"] = attrs.field(default="sgd", metadata=doc("sgd | lars | adamw"))
     lr: float = attrs.field(default=0.3, validator=v.gt(0.0), metadata=doc("base learning rate"))
@@ -63,6 +70,11 @@ class OptimizerOptions:
     trust_coefficient: float = attrs.field(default=0.001, validator=v.gt(0.0), metadata=doc("LARS trust coefficient η"))
     exclude_norm_and_bias: bool = attrs.field(
         default=True, metadata=doc("no weight decay or LARS adaptation on norms and biases")
+    )
+    fixed_lr_predictor: bool = attrs.field(
+        default=False,
+        metadata=doc("keep the predictor at the base lr throughout, no warm-up or decay "
+                     "(SimSiam, Chen & He 2021, arXiv:2011.10566, Sec. 4.1)"),
     )
 
 

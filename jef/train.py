@@ -31,7 +31,7 @@ from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, 
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.data_order import EpochSampler
-from jef.optim import build_optimizer, warmup_cosine
+from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
 from jef.runlog import MetricsLogger, plugin_listing, write_run_files
@@ -107,7 +107,7 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     step_batch = ctx.global_batch_size * train_options.grad_accum
     optimizer = build_optimizer(built.model, train_options.optimizer, step_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(train_options.scheduler, per_epoch, total))
+        optimizer, lr_lambdas(optimizer, train_options.scheduler, per_epoch, total))
     model, optimizer, loader, scheduler = accelerator.prepare(built.model, optimizer, loader, scheduler)
     augmenter = built.augmenter.to(accelerator.device)
     generator = torch.Generator().manual_seed(pipeline.seed * 1000 + accelerator.process_index)

@@ -23,3 +23,12 @@ __all__ = [
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
 
 __all__ += ["full_softmax_loss", "momentum_update", "nce_loss", "nce_normaliser", "nce_posterior"]
+from jef.functional.decorrelation import (  # noqa: E402 - appended after the list above
+    barlow_twins_loss,
+    covariance_penalty,
+    cross_correlation,
+    off_diagonal,
+    variance_hinge,
+)
+
+__all__ += ["barlow_twins_loss", "covariance_penalty", "cross_correlation", "off_diagonal", "variance_hinge"]
