@@ -36,6 +36,8 @@ from jef.testing.gather_contract import check_functional_under_gather
 from jef.testing.module_contracts import check_augmenter, check_backbone, check_head
 
 __all__ = [
+    "LEARNING_SETTINGS",
+    "assert_learns",
     "InterruptAt",
     "run_in_processes",
     "TINY_PIPELINE",
@@ -84,6 +86,40 @@ class InterruptAt:
     def jef_step_end(self, run: Any, outputs: Any, terms: Any) -> None:
         if run.step == self.step:
             raise KeyboardInterrupt
+
+
+#: Settings for a short run that must learn: four greyscale 16x16 texture classes, a small CNN, AdamW, the
+#: collapse monitor every 5 steps and kNN (k=20) of the trained and the random backbone. 120 steps take seconds.
+LEARNING_SETTINGS: dict[str, Any] = {
+    "data": {"name": "synthetic", "channels": 1, "image_size": 16, "train_size": 512, "test_size": 256,
+             "num_classes": 4},
+    "backbone": {"name": "small_cnn", "width": 8},
+    "monitors": [{"name": "collapse", "every": 5}],
+    "train": {"epochs": 100, "batch_size": 64, "optimizer": {"name": "adamw", "lr": 0.003, "scale_lr": "none"}},
+    "eval": {"knn": {"k": 20, "baseline": True}},
+}
+
+
+def assert_learns(pipeline: Mapping[str, Any], *, plugins: Plugins | None = None, steps: int = 120,
+                  margin: float = 0.05) -> TinyRunResult:
+    """Train :data:`LEARNING_SETTINGS` merged with ``pipeline`` and assert that it learned without collapsing.
+
+    Learned means the trained backbone's kNN top-1 beats the random backbone's by more than ``margin``;
+    collapsing means the collapse monitor warned.
+    """
+    import warnings
+
+    from jef.evaluate.collapse import CollapseWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CollapseWarning)
+        result = tiny_run(merge(LEARNING_SETTINGS, pipeline), steps=steps, plugins=plugins)
+    collapses = [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
+    assert not collapses, f"the run collapsed: {collapses[0]}"
+    trained, random = result.metrics["knn_top1"], result.metrics["knn_top1_random"]
+    assert trained > random + margin, (f"kNN top-1 {trained:.3f} does not beat the random backbone's "
+                                       f"{random:.3f} by {margin}")
+    return result
 
 
 def fresh_plugins(*plugins: Any, builtins: bool = True, entry_points: bool = False) -> Plugins:
