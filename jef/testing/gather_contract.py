@@ -16,21 +16,16 @@ gradient of the single-process loss with respect to ``e_i``.
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import tempfile
+import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.multiprocessing.spawn import ProcessException
 
 from jef.testing.contracts import embeddings, fail, functional_terms, label, step_outputs
+from jef.testing.distributed import run_in_processes
 
 __all__ = ["check_functional_under_gather"]
 
@@ -59,22 +54,11 @@ def _run(who: str, factory: Callable[[], Any], sizes: tuple[int, int, int, int, 
     return {key: value.detach() for key, value in terms.items()}, grads
 
 
-def _worker(rank: int, world_size: int, port: int, who: str, factory: Callable[[], Any],
-            sizes: tuple[int, int, int, int, bool], outdir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)  # the processes share the machine's cores
-    tdist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
-    try:
-        terms, grads = _run(who, factory, sizes, rank, world_size)
-        torch.save({"terms": terms, "grads": grads}, Path(outdir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _job(who: str, factory: Callable[[], Any], sizes: tuple[int, int, int, int, bool], world_size: int,
+         rank: int) -> dict[str, dict[str, Tensor]]:
+    """One process's part, in the form :func:`run_in_processes` returns."""
+    terms, grads = _run(who, factory, sizes, rank, world_size)
+    return {"terms": terms, "grads": grads}
 
 
 def check_functional_under_gather(factory: Callable[[], Any], *, name: str = "functional", n: int = 8,
@@ -115,16 +99,13 @@ def check_functional_under_gather(factory: Callable[[], Any], *, name: str = "fu
     sizes = (n, dim, n_views, n_global, predictor)
     # The reference first: it also checks the result's form before paying for processes.
     want_terms, want_grads = _run(who, factory, sizes, rank=0, world_size=1)
-    with tempfile.TemporaryDirectory(prefix="jef-gather-contract-") as outdir:
-        try:
-            mp.spawn(_worker, args=(world_size, _free_port(), who, factory, sizes, outdir), nprocs=world_size,
-                     join=True)
-        except ProcessException as error:
-            # A process that died before running the check (e.g. a script without the
-            # ``if __name__ == "__main__":`` guard, which spawned processes re-import) only has an exit code here.
-            fail(who, f"failed in a {world_size}-process gloo run (the processes' own output is above; scripts "
-                      f"calling this check need an `if __name__ == \"__main__\":` guard):\n{error}")
-        results = [torch.load(Path(outdir) / f"rank{r}.pt") for r in range(world_size)]
+    try:
+        results = run_in_processes(functools.partial(_job, who, factory, sizes, world_size), world_size)
+    except ProcessException as error:
+        # A process that died before running the check (e.g. a script without the
+        # ``if __name__ == "__main__":`` guard, which spawned processes re-import) only has an exit code here.
+        fail(who, f"failed in a {world_size}-process gloo run (the processes' own output is above; scripts "
+                  f"calling this check need an `if __name__ == \"__main__\":` guard):\n{error}")
 
     local = n // world_size
     where = (f"with {world_size} processes holding {local} of {n} samples each, compared with one process "
