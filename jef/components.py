@@ -17,7 +17,13 @@ component's attrs options class and ``ctx`` is the read-only
 * **energy** (D) -- ``nn.Module``; ``forward(a, b) -> Tensor[N]``, one
   distance per sample. Attribute ``symmetric`` (bool).
 * **functional** (A/B) -- ``nn.Module``; ``forward(out: StepOutputs)`` returns
-  a scalar tensor or a dict of named scalar tensors (summed into the loss).
+  a scalar tensor or a dict of named scalar tensors (summed into the loss; an
+  empty dict adds nothing). A functional may also *make the targets* the
+  energy compares: ``targets(out: StepOutputs) -> StepOutputs`` runs before
+  the energy and returns the outputs with new target embeddings (and, if it
+  scores the online outputs, new online outputs), e.g. SwAV's Sinkhorn codes
+  or DINO's centred teacher probabilities. Target makers run in pipeline
+  order; every functional's ``forward`` then sees the made targets.
 * **dataset** -- a :class:`DataSplits`.
 * **monitor** -- any object whose methods are ``@jef.hookimpl`` run hooks; it
   is registered with the plugin manager for the duration of a run.
@@ -118,12 +124,17 @@ class StepOutputs:
             Target views exist only for the global views.
         n_global: Views ``[0, n_global)`` are global crops.
         indices: Dataset positions of the batch's samples (memory banks), or None.
+        assignments: Soft assignments ``[N, K]`` of each global view's samples to
+            ``K`` classes (SwAV's codes over prototypes, DINO's teacher
+            probabilities), set by a functional that makes targets; the collapse
+            monitor reports their entropy and class usage. None otherwise.
     """
 
     online: Branch
     target: Branch
     n_global: int
     indices: Tensor | None = None
+    assignments: list[Tensor] | None = None
 
 
 @attrs.frozen

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor
 
-__all__ = ["all_reduce_mean", "all_reduce_sum", "barrier", "gather", "is_distributed", "is_main_process",
-           "rank", "world_size"]
+__all__ = ["all_reduce_max", "all_reduce_mean", "all_reduce_sum", "barrier", "gather", "is_distributed",
+           "is_main_process", "rank", "world_size"]
 
 #: Most dimensions :func:`gather` accepts (the shape check sends a fixed-size vector).
 _MAX_DIMS = 8
@@ -144,3 +144,14 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
     """
     result = all_reduce_sum(tensor if tensor.is_floating_point() else tensor.float())
     return result / world_size()
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """Element-wise maximum of ``tensor`` over processes, without gradient.
+
+    Returns a new tensor; the input is left untouched.
+    """
+    result = tensor.detach().clone()
+    if is_distributed():
+        tdist.all_reduce(result, op=tdist.ReduceOp.MAX)
+    return result

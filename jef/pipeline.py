@@ -25,6 +25,7 @@ from jef.config import Pipeline, Slot
 from jef.hookspecs import hookimpl
 from jef.options import TargetOptions
 from jef.shuffle_bn import shuffled_encode
+from jef.validate import ConfigError
 
 
 class Objective(nn.Module):
@@ -39,8 +40,11 @@ class Objective(nn.Module):
         self.functional_names = _unique([name for name, _, _ in functionals])
         self.functional_weights = [weight for _, _, weight in functionals]
 
-    def forward(self, out: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss and its named terms (unweighted, for logging)."""
+    def forward(self, out: StepOutputs) -> tuple[Tensor, dict[str, Tensor], StepOutputs]:
+        """The loss, its named terms (unweighted, for logging) and the outputs with the made targets."""
+        for functional in self.functionals:
+            if callable(getattr(functional, "targets", None)):
+                out = functional.targets(out)
         terms: dict[str, Tensor] = {}
         loss: Tensor | None = None
         if self.energy is not None:
@@ -57,8 +61,10 @@ class Objective(nn.Module):
             for key, value in parts.items():
                 terms[f"{name}/{key}" if key else name] = value
                 loss = weight * value if loss is None else loss + weight * value
-        assert loss is not None, "the pipeline validation guarantees a non-empty objective"
-        return loss, terms
+        if loss is None:
+            raise ValueError("the objective has no term: the energy is missing and every functional returned "
+                             "an empty dict; add an energy or a functional that returns a loss")
+        return loss, terms, out
 
 
 class JointEmbedding(nn.Module):
@@ -110,8 +116,7 @@ class JointEmbedding(nn.Module):
             with torch.no_grad():
                 target = self.encode(views[:g], self.target_backbone, self.target_projector)
         outputs = StepOutputs(online=online, target=target, n_global=g, indices=indices)
-        loss, terms = self.objective(outputs)
-        return loss, terms, outputs
+        return self.objective(outputs)
 
 
 class EmaTarget:
@@ -181,6 +186,7 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
     augmenter = _make(pipeline.augmenter, ctx)
     ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
                        image_size=getattr(augmenter, "size", ctx.image_size))
+    _check_multi_crop(pipeline, augmenter)
     backbone = _make(pipeline.backbone, ctx)
     width = backbone.out_dim
     projector = predictor = None
@@ -194,6 +200,7 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
     z_ctx = attrs.evolve(ctx, in_dim=width)
     energy = (pipeline.energy.name, _make(pipeline.energy, z_ctx), pipeline.energy.weight) if pipeline.energy else None
     functionals = [(s.name, _make(s, z_ctx), s.weight) for s in pipeline.functionals]
+    _check_target_maker(pipeline, energy, functionals)
     objective = Objective(energy, functionals)
     model = JointEmbedding(backbone, projector, predictor, objective, pipeline.target, augmenter.n_global)
     monitors = [_make(s, ctx) for s in pipeline.monitors]
@@ -203,6 +210,29 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
                   "energy": energy[1] if energy else None,
                   **{f"functionals.{i}": f for i, (_, f, _) in enumerate(functionals)}}
     return Built(ctx, splits, augmenter, model, monitors, components)
+
+
+def _check_multi_crop(pipeline: Pipeline, augmenter: nn.Module) -> None:
+    """Local views only with a method that declares multi-crop support (or with no method)."""
+    method = pipeline.method
+    n_local = augmenter.n_views - augmenter.n_global
+    if n_local and method is not None and not method.extra.get("multi_crop", False):
+        raise ConfigError(
+            f"method {method.name!r} ({method.provenance}) does not declare multi-crop support, but the augmenter "
+            f"makes {n_local} local view(s); set augmenter.n_local: 0, or drop `method:` and name every slot "
+            f"yourself if you know the objective handles local views", path="augmenter", source=pipeline.source)
+
+
+def _check_target_maker(pipeline: Pipeline, energy: tuple[str, nn.Module, float] | None,
+                        functionals: list[tuple[str, nn.Module, float]]) -> None:
+    """An energy that compares with made targets (distributions) needs a functional that makes them."""
+    if energy is None or not getattr(energy[1], "needs_target_maker", False):
+        return
+    if not any(callable(getattr(module, "targets", None)) for _, module, _ in functionals):
+        raise ConfigError(
+            f"energy {energy[0]!r} compares the online outputs with target distributions, but no functional makes "
+            f"targets (a functional with a `targets` method, e.g. Sinkhorn codes or centred teacher "
+            f"probabilities); add one under `functionals:`", path="energy", source=pipeline.source)
 
 
 def _make(slot: Slot, ctx: RunContext) -> Any:

@@ -107,9 +107,9 @@ class Registry:
         if kind == "method":
 
             def register_method(name: str, recipe: Mapping[str, Any] | Path | str, *,
-                                description: str = "", paper: str = "") -> None:
+                                description: str = "", paper: str = "", multi_crop: bool = False) -> None:
                 self._add(Entry("method", name, _load_recipe(recipe, name, provenance), NoOptions,
-                                description, paper, provenance))
+                                description, paper, provenance, {"multi_crop": bool(multi_crop)}))
 
             return register_method
         if kind == "command":

@@ -41,7 +41,7 @@ def plugins():
 # -- every built-in passes its contract ------------------------------------------------
 
 BUILTINS = {
-    "energy": [("cosine", {}), ("mse", {}), ("scaled_cosine", {"temperature": 0.5})],
+    "energy": [("cosine", {}), ("mse", {}), ("scaled_cosine", {"temperature": 0.5}), ("cross_entropy", {})],
     "functional": [("info_nce", {}), ("info_nce", {"temperature": 0.5}),
                    ("memory_bank", {"size": 16, "dim": 8, "noise_samples": 4}),
                    ("memory_bank", {"size": 16, "dim": 8, "loss": "softmax", "proximal": 1.0}),

@@ -77,7 +77,7 @@ def test_decomposition_through_the_pipeline_objective():
     objective = Objective(
         ("scaled_cosine", E.ScaledCosineEnergy(TAU), 1.0), [("info_nce", FN.InfoNCEDenominator(TAU), 1.0)]
     )
-    loss, _ = objective(_shared_outputs([z1, z2], n_global=2))
+    loss, _, _ = objective(_shared_outputs([z1, z2], n_global=2))
     assert loss.item() == pytest.approx(_loop_nt_xent(z1, z2, TAU), abs=1e-10)
 
 
@@ -165,7 +165,7 @@ def test_registration_names_and_options():
 
     E.jef_register_energies(register)
     FN.jef_register_functionals(register)
-    assert set(seen) == {"cosine", "mse", "scaled_cosine", "info_nce"}
+    assert set(seen) == {"cosine", "mse", "scaled_cosine", "cross_entropy", "info_nce"}
     assert seen["scaled_cosine"]["options"] is E.ScaledCosineOptions
     assert seen["info_nce"]["options"] is FN.InfoNCEOptions
     assert FN.InfoNCEOptions().temperature == 0.1 == E.ScaledCosineOptions().temperature

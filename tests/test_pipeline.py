@@ -33,7 +33,7 @@ def _model(target="shared", predictor=None, functionals=()):
 def test_objective_averages_energy_over_ordered_pairs_with_global_targets():
     z = [torch.randn(5, 3) for _ in range(3)]  # 2 global views + 1 local view
     out = StepOutputs(online=Branch(h=z, z=z), target=Branch(h=z[:2], z=z[:2]), n_global=2)
-    loss, terms = Objective(("sq", Squared(), 2.0), [("m", MeanOfZ(), 0.5)])(out)
+    loss, terms, _ = Objective(("sq", Squared(), 2.0), [("m", MeanOfZ(), 0.5)])(out)
     pairs = [(0, 1), (1, 0), (2, 0), (2, 1)]  # targets only from global views, never a view with itself
     expected_energy = torch.stack([(z[a] - z[b]).pow(2).sum(1).mean() for a, b in pairs]).mean()
     torch.testing.assert_close(terms["energy/sq"], expected_energy)

@@ -111,7 +111,7 @@ def test_scaled_cosine_plus_queue_info_nce_is_mocos_info_nce():
     keys = [torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(2)]
     functional = QueueInfoNCE(0.07, size=7, dim=4).double()
     objective = Objective(("scaled_cosine", ScaledCosineEnergy(0.07), 1.0), [("queue_info_nce", functional, 1.0)])
-    loss, terms = objective(_outputs(queries, keys))
+    loss, terms, _ = objective(_outputs(queries, keys))
     assert set(terms) == {"energy/scaled_cosine", "queue_info_nce"}
     assert float(loss) == pytest.approx(moco_reference(queries, keys, functional.queue, 0.07), rel=1e-10)
 

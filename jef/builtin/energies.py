@@ -10,6 +10,10 @@ References:
     [2] Grill et al., Bootstrap Your Own Latent (BYOL), 2020, arXiv:2006.07733.
     [3] Chen & He, Exploring Simple Siamese Representation Learning (SimSiam),
         2021, arXiv:2011.10566.
+    [4] Caron et al., Unsupervised Learning of Visual Features by Contrasting
+        Cluster Assignments (SwAV), 2020, arXiv:2006.09882.
+    [5] Caron et al., Emerging Properties in Self-Supervised Vision
+        Transformers (DINO), 2021, arXiv:2104.14294.
 """
 
 import attrs
@@ -17,11 +21,12 @@ from attrs import validators as v
 from torch import Tensor, nn
 
 from jef.components import NoOptions, RunContext
-from jef.functional import cosine_distance, mse, scaled_cosine
+from jef.functional import cosine_distance, mse, scaled_cosine, soft_cross_entropy
 from jef.hookspecs import hookimpl
 
-__all__ = ["CosineEnergy", "MSEEnergy", "ScaledCosineEnergy", "ScaledCosineOptions", "build_cosine",
-           "build_mse", "build_scaled_cosine", "jef_register_energies"]
+__all__ = ["CosineEnergy", "CrossEntropyEnergy", "CrossEntropyOptions", "MSEEnergy", "ScaledCosineEnergy",
+           "ScaledCosineOptions", "build_cosine", "build_cross_entropy", "build_mse", "build_scaled_cosine",
+           "jef_register_energies"]
 
 
 @attrs.frozen(kw_only=True)
@@ -31,6 +36,16 @@ class ScaledCosineOptions:
     temperature: float = attrs.field(
         default=0.1, validator=v.gt(0.0),
         metadata={"doc": "τ in -cos/τ; set it equal to the info_nce functional's temperature for NT-Xent"},
+    )
+
+
+@attrs.frozen(kw_only=True)
+class CrossEntropyOptions:
+    """Options of the ``cross_entropy`` energy."""
+
+    temperature: float = attrs.field(
+        default=0.1, validator=v.gt(0.0),
+        metadata={"doc": "τ dividing the online logits before the softmax (SwAV's τ, DINO's student temperature)"},
     )
 
 
@@ -77,6 +92,36 @@ class ScaledCosineEnergy(nn.Module):
         return f"temperature={self.temperature}"
 
 
+class CrossEntropyEnergy(nn.Module):
+    """``-Σ_k t_k log softmax(p/τ)_k`` per sample: predicted logits against target distributions.
+
+    The energy of SwAV [4] (targets: the sinkhorn functional's codes) and
+    DINO [5] (targets: the centring functional's teacher probabilities). The
+    targets must be distributions, so a functional that makes them (one with
+    a ``targets`` method) has to be in the pipeline: ``needs_target_maker``
+    tells the pipeline builder to check that.
+
+    Args:
+        temperature: ``τ > 0``.
+    """
+
+    symmetric = False
+    needs_target_maker = True
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"cross_entropy: temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """``[N, K] logits, [N, K] distributions -> [N]``."""
+        return soft_cross_entropy(a, b, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
 def build_cosine(options: NoOptions, ctx: RunContext) -> CosineEnergy:
     """The ``cosine`` energy."""
     return CosineEnergy()
@@ -92,9 +137,14 @@ def build_scaled_cosine(options: ScaledCosineOptions, ctx: RunContext) -> Scaled
     return ScaledCosineEnergy(options.temperature)
 
 
+def build_cross_entropy(options: CrossEntropyOptions, ctx: RunContext) -> CrossEntropyEnergy:
+    """The ``cross_entropy`` energy."""
+    return CrossEntropyEnergy(options.temperature)
+
+
 @hookimpl
 def jef_register_energies(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
-    """Register ``cosine``, ``mse`` and ``scaled_cosine``."""
+    """Register ``cosine``, ``mse``, ``scaled_cosine`` and ``cross_entropy``."""
     register("cosine", build_cosine, options=NoOptions,
              description="cosine distance 1 - cos(p, t) per sample",
              paper="Grill et al., Bootstrap Your Own Latent (BYOL), arXiv:2006.07733")
@@ -104,3 +154,7 @@ def jef_register_energies(register) -> None:  # noqa: ANN001 - pluggy passes jef
     register("scaled_cosine", build_scaled_cosine, options=ScaledCosineOptions,
              description="-cos(p, t)/τ: the positive term of NT-Xent (pair with the info_nce functional)",
              paper="Chen et al., A Simple Framework for Contrastive Learning (SimCLR), arXiv:2002.05709")
+    register("cross_entropy", build_cross_entropy, options=CrossEntropyOptions,
+             description="-Σ t log softmax(p/τ): logits against target distributions made by a functional "
+                         "(SwAV codes, DINO teacher probabilities)",
+             paper="Caron et al., SwAV, arXiv:2006.09882; Caron et al., DINO, arXiv:2104.14294")

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from jef.components import RunContext, StepOutputs
-from jef.evaluate.collapse import CollapseWarning, effective_rank, embedding_std
+from jef.evaluate.collapse import CollapseWarning, assignment_entropy, class_usage, effective_rank, embedding_std
 from jef.hookspecs import hookimpl
 
 __all__ = ["CollapseMonitor", "CollapseOptions", "build_collapse", "jef_register_monitors"]
@@ -34,6 +34,11 @@ class CollapseOptions:
         default=1.5, validator=attrs.validators.ge(0.0),
         metadata={"doc": "warn when the effective rank (RankMe) of the embeddings is below this"},
     )
+    uniform_threshold: float = attrs.field(
+        default=0.99, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)],
+        metadata={"doc": "warn when the entropy of made target distributions (SwAV codes, DINO teacher), "
+                         "divided by log K, is at least this (uniform collapse)"},
+    )
 
 
 class CollapseMonitor:
@@ -46,6 +51,13 @@ class CollapseMonitor:
     (:class:`~jef.evaluate.collapse.CollapseWarning` and the ``jef`` logger)
     when either falls under its threshold. The std threshold is relative to the
     healthy value ``1/sqrt(d)``, so one threshold fits every projector width.
+
+    When a functional made target distributions (``outputs.assignments``:
+    SwAV's codes, DINO's teacher probabilities) it also logs, on the first
+    global view, ``collapse/target_entropy`` (mean entropy / log K: DINO's
+    teacher entropy) and ``collapse/target_usage`` (the fraction of classes
+    that are some sample's most likely one: SwAV's prototype usage), and warns
+    when every sample lands in one class or the targets are uniform.
 
     Args:
         options: Check period and thresholds.
@@ -73,10 +85,14 @@ class CollapseMonitor:
         std = embedding_std(z).item()
         rank = effective_rank(z).item()
         self.last = {"collapse/std": std, "collapse/rank": rank}
+        assigned = outputs.assignments[0].detach() if outputs.assignments else None
+        if assigned is not None:
+            self.last["collapse/target_entropy"] = assignment_entropy(assigned).item()
+            self.last["collapse/target_usage"] = class_usage(assigned).item()
         run.log(dict(self.last))
         # Every process sees the same kind of batch; one warning from rank 0 is enough.
         if not self.warned and getattr(getattr(run, "ctx", None), "rank", 0) == 0:
-            message = self._diagnose(std, rank, z.shape[1], run.step)
+            message = self._diagnose(std, rank, z.shape[1], run.step, assigned)
             if message is not None:
                 self.warned = True
                 warnings.warn(message, CollapseWarning, stacklevel=2)
@@ -87,7 +103,7 @@ class CollapseMonitor:
         """Report the last measured values in the final metrics."""
         metrics.update(self.last)
 
-    def _diagnose(self, std: float, rank: float, dim: int, step: int) -> str | None:
+    def _diagnose(self, std: float, rank: float, dim: int, step: int, assigned: Any = None) -> str | None:
         """Explain what collapsed and what to try, or return None when healthy."""
         relative = std * math.sqrt(dim)
         problems = []
@@ -102,6 +118,16 @@ class CollapseMonitor:
                 f"dimensional collapse: effective rank {rank:.3g} of {dim} dimensions "
                 f"(threshold {self.options.rank_threshold:g}), so the embeddings span about one direction"
             )
+        if assigned is not None:
+            n, k = assigned.shape
+            if n >= 4 and self.last["collapse/target_usage"] * min(n, k) < 1.5:
+                problems.append(f"target collapse: all {n} samples' targets put most mass on one of {k} classes "
+                                f"(prototypes or output dimensions)")
+            entropy = self.last["collapse/target_entropy"]
+            if entropy >= self.options.uniform_threshold:
+                problems.append(f"uniform collapse: the targets' entropy is {entropy:.3f} of the uniform "
+                                f"log {k} (threshold {self.options.uniform_threshold:g}), so they carry no "
+                                f"information; sharpen them (lower teacher temperature or Sinkhorn epsilon)")
         if not problems:
             return None
         return (

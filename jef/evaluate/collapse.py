@@ -3,7 +3,10 @@
 Joint-embedding methods can reach a trivial minimum where every image maps to
 the same point (*complete collapse*) or the embeddings span only a few
 directions (*dimensional collapse*, Jing et al., arXiv:2110.09348). Both are
-cheap to watch on a single batch of embeddings.
+cheap to watch on a single batch of embeddings. Methods that assign samples to
+``K`` classes (SwAV's prototypes, DINO's output dimensions) collapse in two
+more ways, seen on the assignments: every sample in one class (low class
+usage) or every sample spread uniformly over all classes (entropy ``log K``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CollapseWarning", "effective_rank", "embedding_std"]
+__all__ = ["CollapseWarning", "assignment_entropy", "class_usage", "effective_rank", "embedding_std"]
 
 
 class CollapseWarning(UserWarning):
@@ -68,3 +71,48 @@ def effective_rank(z: Tensor, eps: float = 1e-7) -> Tensor:
         return torch.zeros((), device=sigma.device)
     p = sigma / total + eps
     return torch.exp(-(p * torch.log(p)).sum())
+
+
+def _as_distributions(p: Tensor, name: str) -> Tensor:
+    """Check ``p`` is ``[N, K]`` with ``N >= 1`` and ``K >= 2``; return it detached in float32."""
+    if p.dim() != 2 or p.shape[0] < 1 or p.shape[1] < 2:
+        raise ValueError(f"{name} expects assignments of shape [N, K] with N >= 1 and K >= 2, got {tuple(p.shape)}")
+    return p.detach().float()
+
+
+def assignment_entropy(p: Tensor) -> Tensor:
+    """Mean per-sample entropy of soft assignments, divided by ``log K`` (so in [0, 1]).
+
+    0 means every sample is assigned to one class with certainty; 1 means
+    every sample is spread uniformly over all ``K`` classes, DINO's uniform
+    collapse (Caron et al., DINO, arXiv:2104.14294, Sec. 5.3, Fig. 7).
+
+    Args:
+        p: ``[N, K]`` rows that are probability distributions.
+
+    Returns:
+        A 0-dim float32 tensor on ``p``'s device.
+    """
+    p = _as_distributions(p, "assignment_entropy")
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1).mean()
+    return entropy / torch.log(torch.tensor(float(p.shape[1]), device=p.device))
+
+
+def class_usage(p: Tensor) -> Tensor:
+    """Fraction of the classes a batch could use that are some sample's most likely class.
+
+    The number of distinct ``argmax`` classes divided by ``min(N, K)``: 1 when
+    every sample (or every class) has its own, ``1/min(N, K)`` when every sample
+    goes to the same class (SwAV's prototype usage; Caron et al., SwAV,
+    arXiv:2006.09882). Ties count as the first class, so uniform rows all land
+    in class 0.
+
+    Args:
+        p: ``[N, K]`` scores or probabilities.
+
+    Returns:
+        A 0-dim float32 tensor on ``p``'s device.
+    """
+    p = _as_distributions(p, "class_usage")
+    used = torch.unique(p.argmax(dim=1)).numel()
+    return torch.tensor(used / min(p.shape), device=p.device)

@@ -8,7 +8,8 @@ inputs are computed in float32.
 """
 
 from jef.functional.contrastive import cosine_similarity_matrix, info_nce, info_nce_denominator, nt_xent
-from jef.functional.energies import cosine_distance, cosine_similarity, mse, scaled_cosine
+from jef.functional.energies import cosine_distance, cosine_similarity, mse, scaled_cosine, soft_cross_entropy
+from jef.functional.sinkhorn import sinkhorn_knopp
 
 __all__ = [
     "cosine_distance",
@@ -19,6 +20,8 @@ __all__ = [
     "mse",
     "nt_xent",
     "scaled_cosine",
+    "sinkhorn_knopp",
+    "soft_cross_entropy",
 ]
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
 

@@ -10,15 +10,20 @@ References:
     [2] Grill et al., Bootstrap Your Own Latent (BYOL), 2020, arXiv:2006.07733.
     [3] Chen & He, Exploring Simple Siamese Representation Learning (SimSiam),
         2021, arXiv:2011.10566.
+    [4] Caron et al., Unsupervised Learning of Visual Features by Contrasting
+        Cluster Assignments (SwAV), 2020, arXiv:2006.09882.
+    [5] Caron et al., Emerging Properties in Self-Supervised Vision
+        Transformers (DINO), 2021, arXiv:2104.14294.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from jef.functional._checks import check_same_shape, check_temperature, full_precision, normalize, upcast
 
-__all__ = ["cosine_distance", "cosine_similarity", "mse", "scaled_cosine"]
+__all__ = ["cosine_distance", "cosine_similarity", "mse", "scaled_cosine", "soft_cross_entropy"]
 
 
 def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
@@ -95,3 +100,25 @@ def scaled_cosine(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     tau = check_temperature("scaled_cosine", temperature)
     with full_precision(a):
         return -(normalize(a) * normalize(b)).sum(dim=-1) / tau
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """Cross-entropy of soft targets, ``-Σ_k t_nk · log softmax(l_n / τ)_k``.
+
+    SwAV's swapped prediction [4] (targets: Sinkhorn codes, ``l`` the
+    prototype scores, τ = 0.1) and DINO's distillation loss [5] (targets:
+    the teacher's centred, sharpened probabilities, ``l`` the student's
+    logits, τ = 0.1) are this energy averaged over their view pairs.
+
+    Args:
+        logits: ``[N, K]`` unnormalised predictions (carry the gradient).
+        targets: ``[N, K]`` target distributions (each row non-negative, summing to 1).
+        temperature: ``τ > 0`` dividing the logits.
+
+    Returns:
+        ``[N]`` cross-entropies (float32 for half-precision inputs).
+    """
+    check_same_shape("soft_cross_entropy", logits, targets, ("logits", "targets"))
+    tau = check_temperature("soft_cross_entropy", temperature)
+    with full_precision(logits):
+        return -(upcast(targets) * torch.log_softmax(upcast(logits) / tau, dim=-1)).sum(dim=-1)

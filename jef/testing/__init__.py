@@ -31,7 +31,7 @@ from jef.hookspecs import hookimpl
 from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
 from jef.registry import closest
 from jef.testing.contracts import ContractError, build_component, check_component, check_energy, check_functional
-from jef.testing.distributed import run_in_processes
+from jef.testing.distributed import run_in_processes, train_in_processes
 from jef.testing.gather_contract import check_functional_under_gather
 from jef.testing.module_contracts import check_augmenter, check_backbone, check_head
 
@@ -56,6 +56,7 @@ __all__ = [
     "temporary_plugin",
     "tiny_pipeline",
     "tiny_run",
+    "train_in_processes",
 ]
 
 #: What makes a run tiny: small synthetic data, a small backbone and heads, one short epoch, no progress bar.

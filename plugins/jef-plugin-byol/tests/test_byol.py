@@ -66,7 +66,7 @@ def test_objective_with_weight_4_is_the_papers_symmetrised_normalised_mse():
     q1, q2, z1, z2 = (torch.randn(7, 5, generator=g, dtype=torch.float64) for _ in range(4))
     out = StepOutputs(online=Branch(h=[z1, z2], z=[z1, z2], p=[q1, q2]), target=Branch(h=[z1, z2], z=[z1, z2]),
                       n_global=2)
-    loss, _ = Objective(("cosine", CosineEnergy(), 4.0), [])(out)
+    loss, _, _ = Objective(("cosine", CosineEnergy(), 4.0), [])(out)
     assert float(loss) == pytest.approx(byol_reference(q1, q2, z1, z2), rel=1e-12)
 
 

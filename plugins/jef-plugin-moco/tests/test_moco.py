@@ -92,7 +92,7 @@ def test_moco_v3_objective_is_the_papers_symmetric_loss(plugins):
     objective = Objective(("scaled_cosine", ScaledCosineEnergy(tau), 4 * tau),
                           [("moco_v3_info_nce", MocoV3InfoNCE(tau), 4 * tau)])
     out = StepOutputs(online=Branch(h=[q1, q2], z=[q1, q2]), target=Branch(h=[k1, k2], z=[k1, k2]), n_global=2)
-    loss, _ = objective(out)
+    loss, _, _ = objective(out)
     expected = 2 * tau * (ctr_reference(q1, k2, tau) + ctr_reference(q2, k1, tau))
     assert float(loss) == pytest.approx(expected, rel=1e-10)
 

@@ -66,7 +66,7 @@ def test_simclr_objective_equals_nt_xent(plugins):
     generator = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
     branch = Branch(h=[z1, z2], z=[z1, z2])
-    loss, _ = objective(StepOutputs(online=branch, target=branch, n_global=2))
+    loss, _, _ = objective(StepOutputs(online=branch, target=branch, n_global=2))
     assert float(loss) == pytest.approx(nt_xent_reference(z1, z2, 0.3), rel=1e-5)
 
 

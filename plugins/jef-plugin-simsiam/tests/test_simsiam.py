@@ -61,7 +61,7 @@ def test_objective_is_the_papers_symmetrised_negative_cosine_plus_one():
     p1, p2, z1, z2 = (torch.randn(7, 5, generator=g, dtype=torch.float64) for _ in range(4))
     out = StepOutputs(online=Branch(h=[z1, z2], z=[z1, z2], p=[p1, p2]), target=Branch(h=[z1, z2], z=[z1, z2]),
                       n_global=2)
-    loss, terms = Objective(("cosine", CosineEnergy(), 1.0), [])(out)
+    loss, terms, _ = Objective(("cosine", CosineEnergy(), 1.0), [])(out)
     # jef's D is 1 − cos: the constant 1 shifts the loss and changes no gradient.
     assert float(loss) == pytest.approx(1.0 + simsiam_reference(p1, p2, z1, z2), rel=1e-12)
     assert float(terms["energy/cosine"]) == pytest.approx(float(loss), rel=1e-12)
