@@ -60,10 +60,12 @@ def jef_addhooks(pluginmanager: _pluggy.PluginManager) -> None:
 def jef_register_methods(register: Callable[..., None]) -> None:
     """Register method recipes.
 
-    Call ``register(name, recipe, *, description="", paper="")`` where
-    ``recipe`` is a mapping or the path of a YAML file holding a partial
+    Call ``register(name, recipe, *, description="", paper="", multi_crop=False)``
+    where ``recipe`` is a mapping or the path of a YAML file holding a partial
     pipeline (the defaults for every slot). Users select it with
     ``method: NAME``; their file and command-line overrides win over it.
+    ``multi_crop=True`` declares that the method's objective is meant for
+    local views too; without it, a pipeline with local views is refused.
 
     Args:
         register: Adds one method to jef's table.

@@ -150,8 +150,34 @@ def step_outputs(leaves: Mapping[str, list[Tensor]], n_global: int, indices: Ten
     return StepOutputs(online=online, target=target, n_global=n_global, indices=indices)
 
 
-def functional_terms(who: str, functional: Callable[[StepOutputs], Any], out: StepOutputs) -> dict[str, Tensor]:
-    """Call a functional and check its result is a finite scalar or a non-empty dict of them.
+def _made_targets(who: str, functional: Any, out: StepOutputs, n: int) -> StepOutputs:
+    """Call ``functional.targets(out)`` and check what it made."""
+    made = functional.targets(out)
+    if not isinstance(made, StepOutputs):
+        fail(who, f"targets(out) must return a StepOutputs (attrs.evolve(out, ...)), got {type(made).__name__}")
+    if len(made.target.z) != len(out.target.z) or len(made.online.out) != len(out.online.out):
+        fail(who, f"targets(out) must keep the views: {len(out.online.out)} online and {len(out.target.z)} target "
+                  f"views came in, {len(made.online.out)} and {len(made.target.z)} went out")
+    width = made.target.z[0].shape[-1] if made.target.z else None
+    for b, t in enumerate(made.target.z):
+        if t.dim() != 2 or t.shape[0] != n or t.shape[1] != width or not torch.isfinite(t).all():
+            fail(who, f"made target {b} must be a finite [{n}, K] tensor like the others, got shape {shape(t)}")
+        if t.requires_grad:
+            fail(who, f"made target {b} carries a gradient; targets are constants for the energy: compute them "
+                      "under torch.no_grad() or detach them")
+    for a, o in enumerate(made.online.out):
+        if o.shape != (n, width):
+            fail(who, f"online output {a} has shape {shape(o)} but the made targets are [{n}, {width}]; the energy "
+                      "compares them pairwise, so score the online outputs into the targets' space")
+    for b, p in enumerate(made.assignments or []):
+        if (p < 0).any() or not torch.allclose(p.sum(dim=1), torch.ones(p.shape[0], dtype=p.dtype), atol=1e-4):
+            fail(who, f"assignments[{b}] must hold probability rows (non-negative, summing to 1)")
+    return made
+
+
+def functional_terms(who: str, functional: Callable[[StepOutputs], Any], out: StepOutputs, *,
+                     allow_empty: bool = False) -> dict[str, Tensor]:
+    """Call a functional and check its result is a finite scalar or a dict of them (non-empty unless allowed).
 
     Returns:
         The terms by name; a single scalar is returned as ``{"": value}``.
@@ -160,7 +186,7 @@ def functional_terms(who: str, functional: Callable[[StepOutputs], Any], out: St
     if isinstance(result, Tensor):
         terms = {"": result}
     elif isinstance(result, Mapping):
-        if not result:
+        if not result and not allow_empty:
             fail(who, "returned an empty dict; return a scalar tensor or a dict of named scalar tensors")
         terms = dict(result)
     else:
@@ -188,6 +214,15 @@ def check_functional(functional: nn.Module, *, name: str = "functional", n: int 
     The input is a ``shared``-target :class:`StepOutputs` (the target branch is
     the online branch's global views) of seeded leaf tensors requiring grad.
 
+    A functional that makes targets (has ``targets(out)``) is checked for
+    that too: it must return a :class:`StepOutputs` with one finite,
+    gradient-free target per global view, online outputs of the same width,
+    and probability rows in ``assignments`` if it sets them; its ``forward``
+    may then return an empty dict. Gradients must reach the online
+    embeddings through its terms or through the online outputs it returns.
+    Making targets may update state (a centre, a queue), so only the terms
+    are checked for determinism.
+
     Args:
         functional: The built functional.
         name: Its name, for messages.
@@ -207,10 +242,16 @@ def check_functional(functional: nn.Module, *, name: str = "functional", n: int 
         raise ValueError(f"check_functional: need 1 <= n_global <= n_views, got {n_global} and {n_views}")
     leaves = {k: [t.requires_grad_() for t in v] for k, v in embeddings(n, dim, n_views, predictor).items()}
     out = step_outputs(leaves, n_global, torch.arange(n))
+    makes_targets = callable(getattr(functional, "targets", None))
     with torch.enable_grad():
-        terms = functional_terms(who, functional, out)
+        if makes_targets:
+            out = _made_targets(who, functional, out, n)
+        terms = functional_terms(who, functional, out, allow_empty=makes_targets)
         total = sum(terms.values())
-        if not total.requires_grad:
+        if makes_targets:  # the energy reaches the online embeddings through the outputs the functional returned
+            gen = torch.Generator().manual_seed(1)
+            total = total + sum((o * torch.rand(o.shape, generator=gen)).sum() for o in out.online.out)
+        if not isinstance(total, Tensor) or not total.requires_grad:
             fail(who, "the result carries no gradient (detached, or independent of the embeddings)")
         total.backward()
     grads = {f"online {k}[{i}]": t.grad for k, v in leaves.items() for i, t in enumerate(v)}
@@ -221,7 +262,7 @@ def check_functional(functional: nn.Module, *, name: str = "functional", n: int 
         if grad is not None and not torch.isfinite(grad).all():
             fail(who, f"the gradient with respect to {what} is not finite")
     if deterministic:
-        again = functional_terms(who, functional, out)
+        again = functional_terms(who, functional, out, allow_empty=makes_targets)
         for key, value in terms.items():
             if key not in again or not torch.allclose(value.detach(), again[key].detach(), rtol=1e-6, atol=1e-7):
                 what = "the result" if key == "" else f"term {key!r}"

@@ -36,4 +36,4 @@ PAPER = "[1] Grill et al., BYOL, NeurIPS 2020, arXiv:2006.07733"
 def jef_register_methods(register):
     """Register the ``byol`` recipe."""
     register("byol", RECIPE, description="BYOL: predict a momentum (EMA) target's projection, no negatives",
-             paper=PAPER)
+             paper=PAPER, multi_crop=True)

@@ -145,3 +145,9 @@ LEARNABLE = {"augmenter": {"scale": [0.3, 1.0], "blur_p": 0.0, "solarize_p": 0.0
 
 def test_byol_learns_and_does_not_collapse(plugins):
     assert_learns(merge({"method": "byol"}, LEARNABLE), plugins=plugins)
+
+
+def test_multi_crop_byol_trains_with_local_views(plugins):
+    result = tiny_run({"method": "byol", "predictor": {"dims": [32, 16]}, "eval": {"knn": {"enabled": False}},
+                       "augmenter": {"n_local": 2, "local_size": 8}}, steps=2, plugins=plugins)
+    assert math.isfinite(result.metrics["loss"])

@@ -30,4 +30,4 @@ PAPER = "[1] Chen et al., SimCLR, ICML 2020, arXiv:2002.05709"
 def jef_register_methods(register):
     """Register the ``simclr`` recipe."""
     register("simclr", RECIPE, description="SimCLR: contrastive learning with in-batch negatives (NT-Xent)",
-             paper=PAPER)
+             paper=PAPER, multi_crop=True)

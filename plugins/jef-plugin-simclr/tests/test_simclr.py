@@ -74,3 +74,31 @@ def test_tiny_simclr_run(plugins):
     result = tiny_run({"method": "simclr"}, steps=2, plugins=plugins)
     assert math.isfinite(result.metrics["loss"])
     assert "jef_train_step" in result.hooks_called
+
+
+def test_multi_crop_simclr_contrasts_local_views_with_the_global_candidates(plugins):
+    local = {"method": "simclr", "augmenter": {"n_local": 2, "local_size": 8}, "eval": {"knn": {"enabled": False}}}
+    result = tiny_run(local, steps=2, plugins=plugins)
+    assert math.isfinite(result.metrics["loss"])
+    pipeline = resolve({"method": "simclr", "energy": {"temperature": 0.5},
+                        "functionals": [{"name": "info_nce", "temperature": 0.5}]}, registry=plugins.registry)
+    ctx = RunContext()
+    energy = pipeline.energy.entry.factory(pipeline.energy.options, ctx)
+    functional = pipeline.functionals[0].entry.factory(pipeline.functionals[0].options, ctx)
+    generator = torch.Generator().manual_seed(1)
+    views = [torch.randn(4, 3, generator=generator, dtype=torch.float64) for _ in range(3)]  # 2 global, 1 local
+    branch = Branch(h=views, z=views)
+    loss, _, _ = Objective(("scaled_cosine", energy, 1.0), [("info_nce", functional, 1.0)])(
+        StepOutputs(online=branch, target=Branch(h=views[:2], z=views[:2]), n_global=2))
+    cos = torch.nn.functional.cosine_similarity
+    # Energy: pairs (0,1), (1,0), (2,0), (2,1); the local view is an anchor, never a target.
+    pairs = [(0, 1), (1, 0), (2, 0), (2, 1)]
+    energy_ref = sum(-cos(views[a], views[b]).mean() / 0.5 for a, b in pairs) / len(pairs)
+    candidates = torch.cat(views[:2])
+    denominators = []
+    for a in range(3):
+        sims = cos(views[a][:, None, :], candidates[None, :, :], dim=-1) / 0.5
+        if a < 2:  # a global anchor leaves out its own entry; the local one has none
+            sims[torch.arange(4), a * 4 + torch.arange(4)] = -torch.inf
+        denominators.append(torch.logsumexp(sims, dim=1))
+    assert float(loss) == pytest.approx(float(energy_ref + torch.cat(denominators).mean()), rel=1e-10)
