@@ -206,6 +206,8 @@ def test_bad_dtype_and_channel_stats() -> None:
 @pytest.mark.parametrize(("options", "message"), [
     (dict(blur_p=[1.0, 0.1, 0.5]), r"'blur_p' must be a number or a list of 2 values \(one per global view\)"),
     (dict(solarize_p=[0.1], n_global=2, n_local=2), "or 4 .one per view., got 1 values"),
+    (dict(solarize_p=[0.1, 0.2, 0.3, 0.4], n_global=2, n_local=3), r"2 values \(one per global view\), 3 \(the "
+                                                                    r"global views', then one for every local view\)"),
     (dict(flip_p=1.5), r"probability in \[0, 1\]"),
     (dict(jitter_p=[]), "non-empty list"),
     (dict(scale=(0.5, 0.2)), "low <= high"),
@@ -215,6 +217,13 @@ def test_bad_dtype_and_channel_stats() -> None:
 def test_invalid_options_are_explained(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ViewsOptions(**options)
+
+
+def test_one_value_for_every_local_view() -> None:
+    options = ViewsOptions(n_global=2, n_local=3, blur_p=[1.0, 0.1, 0.5], solarize_p=[0.0, 0.2])
+    assert options.per_view("blur_p") == [1.0, 0.1, 0.5, 0.5, 0.5]
+    assert options.per_view("solarize_p") == [0.0, 0.2, 0.2, 0.2, 0.2]
+    assert ViewsOptions(n_global=2, n_local=3, flip_p=[0, 1, 0, 1, 0]).per_view("flip_p") == [0, 1, 0, 1, 0]
 
 
 def test_options_build_from_yaml_data() -> None:

@@ -72,7 +72,9 @@ class ViewsOptions:
     Per-view probabilities (``flip_p``, ``jitter_p``, ``grayscale_p``,
     ``blur_p``, ``solarize_p``) are a number for every view, or a list with one
     value per global view, in which case the local views take the **last**
-    value; a list of ``n_global + n_local`` values sets every view.
+    value; a list of ``n_global + 1`` values gives the global views theirs and
+    every local view the last (DINO's blur: ``[1.0, 0.1, 0.5]``); a list of
+    ``n_global + n_local`` values sets every view.
     """
 
     n_global: int = _field(2, "global views (size `size`); they come first", v.ge(1))
@@ -113,9 +115,11 @@ class ViewsOptions:
         n_views = self.n_global + self.n_local
         for name in PER_VIEW:
             value = getattr(self, name)
-            if isinstance(value, list) and len(value) not in (self.n_global, n_views):
+            lengths = {self.n_global, n_views} | ({self.n_global + 1} if self.n_local else set())
+            if isinstance(value, list) and len(value) not in lengths:
                 allowed = f"{self.n_global} values (one per global view)" + \
-                    (f" or {n_views} (one per view)" if self.n_local else "")
+                    (f", {self.n_global + 1} (the global views', then one for every local view) or {n_views} "
+                     f"(one per view)" if self.n_local else "")
                 raise ValueError(f"'{name}' must be a number or a list of {allowed}, "
                                  f"got {len(value)} values {value!r}", attrs.fields_dict(ViewsOptions)[name],
                                  None, value)
@@ -136,6 +140,8 @@ class ViewsOptions:
             return [float(value)] * (self.n_global + self.n_local)
         if len(value) == self.n_global:
             value = list(value) + [value[-1]] * self.n_local
+        elif len(value) == self.n_global + 1:  # one value shared by every local view
+            value = list(value[:-1]) + [value[-1]] * self.n_local
         return [float(p) for p in value]
 
     def channel_stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

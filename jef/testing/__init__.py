@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from jef.config import merge, resolve
+from jef.config import CORE_DEFAULTS, merge, resolve
 from jef.hookspecs import hookimpl
 from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
 from jef.registry import closest
@@ -195,10 +195,12 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
     data = merge(pipeline or {}, {"train": {"max_steps": steps}})
     # With a method, its recipe supplies the objective; the tiny settings only shrink data, model and steps.
     base = TINY_SETTINGS if data.get("method") else TINY_PIPELINE
-    # Nameless tiny settings (projector dims) would leak into a component the caller chose by name.
+    # Nameless tiny settings (projector dims, for the core default mlp) would leak into a component the caller
+    # or the method's recipe chose by name (DINO's head has no `dims`).
+    chosen = dict(_recipe(plugins, data.get("method")))
+    chosen.update(data)
     base = {key: value for key, value in base.items()
-            if not (isinstance(value, dict) and "name" not in value and isinstance(data.get(key), dict)
-                    and "name" in data[key])}
+            if not (isinstance(value, dict) and "name" not in value and _names_another(chosen.get(key), key))}
     validated = resolve(merge(base, data), source="<tiny_run>", registry=plugins.registry)
     directory = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="jef-tiny-run-"))
     called: list[str] = []
@@ -212,6 +214,22 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
     finally:
         undo()
     return TinyRunResult(metrics, called, directory)
+
+
+def _names_another(slot: Any, key: str) -> bool:
+    """True when ``slot`` names a component other than the core default of ``key``."""
+    default = CORE_DEFAULTS.get(key)
+    return isinstance(slot, Mapping) and "name" in slot and slot["name"] != (default or {}).get("name")
+
+
+def _recipe(plugins: Plugins, method: Any) -> Mapping[str, Any]:
+    """The recipe of ``method`` when it is a known method name, else nothing."""
+    if not isinstance(method, str):
+        return {}
+    try:
+        return plugins.registry.get("method", method).factory
+    except LookupError:
+        return {}  # resolve() reports unknown or ambiguous names properly
 
 
 @contextmanager
