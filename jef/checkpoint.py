@@ -64,3 +64,23 @@ def restore_rng_state(state: dict[str, torch.Tensor], generators: dict[str, torc
     for name, generator in generators.items():
         if name in state:
             generator.set_state(state[name])
+
+
+def save_run(run: Any) -> None:
+    """Checkpoint a :class:`jef.train.Run` into its directory (rank 0 writes; every process waits for it)."""
+    run.accelerator.wait_for_everyone()
+    if run.directory is None:
+        return
+    save_checkpoint(run.directory / CHECKPOINT_NAME, {
+        "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
+        "batch_in_epoch": run.batch_in_epoch, "rng": rng_state({"augment": run.generator})})
+
+
+def restore_run(run: Any, state: dict[str, Any]) -> None:
+    """Put a checkpoint written by :func:`save_run` back into a freshly built run."""
+    run.unwrapped_model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    restore_rng_state(state["rng"], {"augment": run.generator})

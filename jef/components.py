@@ -124,6 +124,8 @@ class StepOutputs:
             Target views exist only for the global views.
         n_global: Views ``[0, n_global)`` are global crops.
         indices: Dataset positions of the batch's samples (memory banks), or None.
+        labels: The batch's class labels (``-1`` for unlabelled images), or None. Only
+            monitors may read them (online probes); an SSL objective must not.
         assignments: Soft assignments ``[N, K]`` of each global view's samples to
             ``K`` classes (SwAV's codes over prototypes, DINO's teacher
             probabilities), set by a functional that makes targets; the collapse
@@ -135,6 +137,7 @@ class StepOutputs:
     n_global: int
     indices: Tensor | None = None
     assignments: list[Tensor] | None = None
+    labels: Tensor | None = None
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_run, save_run
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.data_order import EpochSampler
@@ -56,10 +57,16 @@ class Run:
     batch_in_epoch: int = 0
     pending: dict[str, float] = attrs.field(factory=dict)
     history: list[dict[str, float]] = attrs.field(factory=list)
+    stop_reason: str | None = None
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Queue metrics for the next metrics line (the latest value of each key wins)."""
         self.pending.update({k: float(v.item()) if hasattr(v, "item") else v for k, v in metrics.items()})
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after this step, on every process, keeping a checkpoint (e.g. a monitor that saw a collapse)."""
+        self.stop_reason = reason
+        self.accelerator.set_trigger()
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
@@ -117,7 +124,7 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     if accelerator.is_main_process:
         write_run_files(directory, pipeline.to_dict(), plugin_listing(plugins))
     if resume:
-        _restore(run, load_checkpoint(directory / CHECKPOINT_NAME))
+        restore_run(run, load_checkpoint(directory / CHECKPOINT_NAME))
     hook = plugins.manager.hook
     metrics: dict[str, float] = {}
     with run_plugins(plugins, [*built.components.values(), *built.monitors]):
@@ -128,21 +135,24 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
                    desc=f"train {pipeline.method.name if pipeline.method else 'pipeline'}", unit="step",
                    mininterval=0.5)
         try:
-            while run.step < total:
+            while run.step < total and not run.stop_reason:
                 epoch_terms, finished = _train_epoch(run, loader, hook, bar, logger, total)
                 metrics.update(epoch_terms)
                 if finished:
                     epoch, run.epoch, run.batch_in_epoch = run.epoch, run.epoch + 1, 0
                     if (epoch + 1) % train_options.checkpoint_every == 0:
-                        _save(run)
+                        save_run(run)
                     hook.jef_epoch_end(run=run, epoch=epoch, metrics=epoch_terms)
                     logger.write(run.step, {f"epoch/{k}": v for k, v in epoch_terms.items()})
         except KeyboardInterrupt:
-            _save(run)  # nothing lost: the run resumes from here with --resume
+            save_run(run)  # nothing lost: the run resumes from here with --resume
             raise
         finally:
             bar.close()
-        _save(run)
+        save_run(run)
+        if run.stop_reason:
+            tqdm.write(f"jef: run stopped at step {run.step}: {run.stop_reason}; checkpoint saved in {directory}",
+                       file=sys.stderr)
         if pipeline.eval.knn.enabled and built.splits.labelled and built.splits.test is not None:
             metrics["knn_top1"] = _knn(run, run.unwrapped_model.backbone, built.splits)
         hook.jef_run_end(run=run, metrics=metrics)
@@ -190,6 +200,8 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
             raise FloatingPointError(f"step {run.step}: the loss is not finite ({shown}); the last checkpoint is "
                                      f"intact: lower train.optimizer.lr, add warm-up or use precision 'no'")
         hook.jef_step_end(run=run, outputs=result.get("outputs"), terms=terms)
+        if accelerator.check_trigger():  # some process asked to stop; all stop after the same step
+            run.stop_reason = run.stop_reason or "stop requested by another process"
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value
         count += 1
@@ -202,7 +214,7 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
             run.pending.clear()
             logger.write(run.step, record)
             run.history.append({"step": run.step, **record})
-        if run.step >= total:
+        if run.step >= total or run.stop_reason:
             break
     finished = run.batch_in_epoch >= len(loader)
     return {k: v / max(count, 1) for k, v in sums.items()}, finished
@@ -214,24 +226,6 @@ def _knn(run: Run, backbone: torch.nn.Module, splits: Any) -> float:
     options = run.pipeline.eval.knn
     return knn_evaluate(backbone, splits, run.augmenter.eval_view, k=options.k, temperature=options.temperature,
                         batch_size=options.batch_size, device=run.accelerator.device)
-
-
-def _save(run: Run) -> None:
-    run.accelerator.wait_for_everyone()
-    if run.directory is None:
-        return
-    save_checkpoint(run.directory / CHECKPOINT_NAME, {
-        "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
-        "batch_in_epoch": run.batch_in_epoch, "rng": rng_state({"augment": run.generator})})
-
-
-def _restore(run: Run, state: dict[str, Any]) -> None:
-    run.unwrapped_model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-    restore_rng_state(state["rng"], {"augment": run.generator})
 
 
 @contextmanager

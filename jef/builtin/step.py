@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from jef.hookspecs import hookimpl
 
 
@@ -14,7 +16,8 @@ def jef_train_step(run: Any, batch: Any) -> dict[str, Any]:
     ``trylast``: any plugin implementing ``jef_train_step`` runs first and, by
     returning a result, replaces this one.
     """
-    images, _labels, indices = batch
+    images, labels, indices = batch
     views = run.augmenter(images, generator=run.generator)
     loss, terms, outputs = run.model(views, indices)
-    return {"loss": loss, "terms": terms, "outputs": outputs}
+    # Labels join the outputs only after the objective, for monitors (online probes).
+    return {"loss": loss, "terms": terms, "outputs": attrs.evolve(outputs, labels=labels)}
