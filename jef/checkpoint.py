@@ -74,7 +74,13 @@ def save_run(run: Any) -> None:
     save_checkpoint(run.directory / CHECKPOINT_NAME, {
         "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
-        "batch_in_epoch": run.batch_in_epoch, "rng": rng_state({"augment": run.generator})})
+        "batch_in_epoch": run.batch_in_epoch, "rng": rng_state({"augment": run.generator}),
+        "monitors": _monitor_states(run)})
+
+
+def _monitor_states(run: Any) -> dict[str, Any]:
+    """State of the monitors that have some (online probes), by position in the pipeline's list."""
+    return {str(i): m.state_dict() for i, m in enumerate(run.monitors) if callable(getattr(m, "state_dict", None))}
 
 
 def restore_run(run: Any, state: dict[str, Any]) -> None:
@@ -84,3 +90,5 @@ def restore_run(run: Any, state: dict[str, Any]) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     restore_rng_state(state["rng"], {"augment": run.generator})
+    for key, monitor_state in state.get("monitors", {}).items():
+        run.monitors[int(key)].load_state_dict(monitor_state)

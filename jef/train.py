@@ -52,6 +52,8 @@ class Run:
     scheduler: Any
     directory: Path | None
     generator: torch.Generator
+    splits: Any = None  # the DataSplits (monitors that evaluate read the labelled splits)
+    monitors: list[Any] = attrs.field(factory=list)  # their state_dict(), if any, is checkpointed
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -119,7 +121,7 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     augmenter = built.augmenter.to(accelerator.device)
     generator = torch.Generator().manual_seed(pipeline.seed * 1000 + accelerator.process_index)
     run = Run(ctx, pipeline, accelerator, model, augmenter, optimizer, scheduler,
-              directory if accelerator.is_main_process else None, generator)
+              directory if accelerator.is_main_process else None, generator, built.splits, built.monitors)
     logger = MetricsLogger(directory, enabled=accelerator.is_main_process, tensorboard=train_options.tensorboard)
     if accelerator.is_main_process:
         write_run_files(directory, pipeline.to_dict(), plugin_listing(plugins))
