@@ -69,7 +69,7 @@ def run_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def load_run(path: str | Path, overrides: list[str] | None = None, *, plugins: Any = None,
-             device: str | torch.device = "cpu") -> LoadedRun:
+             device: str | torch.device = "cpu", splits: Any = None) -> LoadedRun:
     """Rebuild a run's model from its ``pipeline.yaml`` and load the checkpoint's weights.
 
     Args:
@@ -77,6 +77,8 @@ def load_run(path: str | Path, overrides: list[str] | None = None, *, plugins: A
         overrides: ``key.path=value`` overrides of the saved pipeline (e.g. another ``data.name``).
         plugins: Loaded plugins (default: :func:`jef.plugins.get_plugins`).
         device: Where the model goes.
+        splits: Data splits to build with instead of the pipeline's data (they fix the channels and image
+            size the model is built for); the pipeline's data is built when None.
 
     Raises:
         FileNotFoundError: No run there.
@@ -92,7 +94,7 @@ def load_run(path: str | Path, overrides: list[str] | None = None, *, plugins: A
     ctx = RunContext(seed=pipeline.seed, batch_size=pipeline.train.batch_size,
                      global_batch_size=pipeline.train.batch_size, epochs=pipeline.train.epochs,
                      run_dir=directory)
-    built = build(pipeline, ctx)
+    built = build(pipeline, ctx, splits)
     try:
         built.model.load_state_dict(state["model"])
     except RuntimeError as error:

@@ -65,3 +65,12 @@ def test_a_monitor_can_stop_the_run_and_the_checkpoint_is_kept(plugins, tmp_path
     assert result.hooks_called.count("jef_step_end") == 2
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
     assert "jef: run stopped at step 2: the test says so; checkpoint saved in" in capsys.readouterr().err
+
+
+def test_given_splits_replace_the_saved_data(plugins, finished):
+    from jef.components import RunContext
+    from jef.data.synthetic import SyntheticOptions, build_synthetic
+
+    other = build_synthetic(SyntheticOptions(train_size=8, test_size=4, image_size=16, num_classes=2), RunContext())
+    run = load_run(finished.run_dir, plugins=plugins, splits=other)
+    assert run.built.splits is other
