@@ -119,12 +119,54 @@ class KnnOptions:
     enabled: bool = attrs.field(default=True, metadata=doc("run kNN at the end when the data has labels"))
     k: int = attrs.field(default=200, validator=v.ge(1), metadata=doc("neighbours"))
     temperature: float = attrs.field(default=0.1, validator=v.gt(0.0), metadata=doc("weights exp(sim / T)"))
-    batch_size: int = attrs.field(default=256, validator=v.ge(1), metadata=doc("feature extraction batch"))
+    batch_size: int = attrs.field(
+        default=256, validator=v.ge(1), metadata=doc("feature extraction batch (shared with the linear probe)"))
     baseline: bool = attrs.field(default=False, metadata=doc("also evaluate the randomly initialised backbone"))
 
 
 @attrs.frozen(kw_only=True)
+class LinearProbeOptions:
+    """Linear probe on frozen features (Zhang et al., 2016, arXiv:1603.08511; protocol of SimCLR, arXiv:2002.05709).
+
+    Features of the train and test splits are computed once by the backbone in
+    eval mode on the augmenter's ``eval_view``; a linear head (after a
+    BatchNorm without affine parameters, as in MAE, arXiv:2111.06377, appendix "Linear probing")
+    is trained with SGD (momentum 0.9) and a cosine schedule. See
+    ``docs/evaluation.md``.
+    """
+
+    enabled: bool = attrs.field(default=False, metadata=doc("run the linear probe at the end when the data has labels"))
+    epochs: int = attrs.field(default=100, validator=v.ge(1), metadata=doc("epochs over the training features"))
+    lr: float = attrs.field(default=0.1, validator=v.gt(0.0), metadata=doc("peak learning rate (cosine decay to 0)"))
+    batch_size: int = attrs.field(default=256, validator=v.ge(2), metadata=doc("features per SGD step"))
+    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0), metadata=doc("weight decay of the head"))
+    normalize: Literal["batchnorm", "none"] = attrs.field(
+        default="batchnorm", metadata=doc("batchnorm: BatchNorm without affine before the linear layer | none"))
+
+
+@attrs.frozen(kw_only=True)
+class FinetuneOptions:
+    """Fine-tuning: backbone and a linear head trained together on the labels (SimCLR, arXiv:2002.05709).
+
+    The backbone (a copy) learns at ``lr × backbone_lr_scale``, the head at
+    ``lr``; SGD (momentum 0.9), cosine schedule, light augmentation (the
+    ``eval_view``, flipped at random when ``flip``). See ``docs/evaluation.md``.
+    """
+
+    enabled: bool = attrs.field(default=False, metadata=doc("fine-tune at the end when the data has labels"))
+    epochs: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("epochs over the training images"))
+    lr: float = attrs.field(default=0.05, validator=v.gt(0.0), metadata=doc("peak learning rate of the head"))
+    backbone_lr_scale: float = attrs.field(
+        default=0.1, validator=[v.gt(0.0), v.le(1.0)], metadata=doc("the backbone learns at lr × this"))
+    batch_size: int = attrs.field(default=128, validator=v.ge(2), metadata=doc("images per step"))
+    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0), metadata=doc("weight decay"))
+    flip: bool = attrs.field(default=True, metadata=doc("flip training images horizontally with probability 0.5"))
+
+
+@attrs.frozen(kw_only=True)
 class EvalOptions:
-    """Evaluation at the end of ``jef train``."""
+    """Offline evaluation of the backbone: at the end of ``jef train`` and by ``jef eval``."""
 
     knn: KnnOptions = attrs.field(factory=KnnOptions, metadata=doc("weighted kNN"))
+    linear: LinearProbeOptions = attrs.field(factory=LinearProbeOptions, metadata=doc("linear probe"))
+    finetune: FinetuneOptions = attrs.field(factory=FinetuneOptions, metadata=doc("fine-tuning"))

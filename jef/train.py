@@ -32,6 +32,7 @@ from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_run, save_r
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.data_order import EpochSampler
+from jef.evaluate.protocols import evaluate_backbone, write_evaluation
 from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
@@ -155,8 +156,12 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
         if run.stop_reason:
             tqdm.write(f"jef: run stopped at step {run.step}: {run.stop_reason}; checkpoint saved in {directory}",
                        file=sys.stderr)
-        if pipeline.eval.knn.enabled and built.splits.labelled and built.splits.test is not None:
-            metrics["knn_top1"] = _knn(run, run.unwrapped_model.backbone, built.splits)
+        if built.splits.labelled and built.splits.test is not None:  # the offline protocols enabled in `eval:`
+            results = evaluate_backbone(run.unwrapped_model.backbone, built.splits, augmenter.eval_view,
+                                        pipeline.eval, accelerator.device, seed=pipeline.seed)
+            metrics.update({result.key: result.value for result in results})
+            if run.directory is not None and results:
+                write_evaluation(run.directory, results, step=run.step)
         hook.jef_run_end(run=run, metrics=metrics)
         logger.write(run.step, {f"final/{k}": v for k, v in metrics.items()})
     logger.close()

@@ -1,4 +1,6 @@
-"""Built-in monitors: the collapse monitor.
+"""Built-in monitors: the collapse monitor, and :func:`notice` for every monitor's one-time messages.
+
+The probes are :mod:`jef.builtin.online_linear` and :mod:`jef.builtin.periodic_knn`.
 
 A monitor is an object with ``@hookimpl`` run hooks; jef registers it as a
 plugin only while a run that selected it is going on.
@@ -12,12 +14,30 @@ from typing import Any
 import attrs
 
 from jef.components import RunContext, StepOutputs
-from jef.evaluate.collapse import CollapseWarning, assignment_entropy, class_usage, effective_rank, embedding_std
+from jef.evaluate.collapse import (
+    CollapseWarning,
+    alignment,
+    assignment_entropy,
+    class_usage,
+    effective_rank,
+    embedding_std,
+    uniformity,
+)
 from jef.hookspecs import hookimpl
 
-__all__ = ["CollapseMonitor", "CollapseOptions", "build_collapse", "jef_register_monitors"]
+__all__ = ["CollapseMonitor", "CollapseOptions", "build_collapse", "jef_register_monitors", "notice"]
 
 logger = logging.getLogger("jef")
+
+
+def notice(run: Any, message: str) -> None:
+    """Say ``message`` once, as a ``UserWarning`` and on the ``jef`` logger, from the main process only.
+
+    Every process would say the same; the caller makes sure it is said once per run.
+    """
+    if getattr(getattr(run, "ctx", None), "rank", 0) == 0:
+        warnings.warn(message, UserWarning, stacklevel=3)
+        logger.warning(message)
 
 
 @attrs.frozen(kw_only=True)
@@ -39,6 +59,11 @@ class CollapseOptions:
         metadata={"doc": "warn when the entropy of made target distributions (SwAV codes, DINO teacher), "
                          "divided by log K, is at least this (uniform collapse)"},
     )
+    stop: bool = attrs.field(
+        default=False,
+        metadata={"doc": "stop the run (on every process, checkpoint kept) when a collapse is diagnosed, "
+                         "instead of only warning"},
+    )
 
 
 class CollapseMonitor:
@@ -51,6 +76,15 @@ class CollapseMonitor:
     (:class:`~jef.evaluate.collapse.CollapseWarning` and the ``jef`` logger)
     when either falls under its threshold. The std threshold is relative to the
     healthy value ``1/sqrt(d)``, so one threshold fits every projector width.
+    With ``stop: true`` it also asks the run to stop after that step
+    (``run.request_stop``; every process stops and the checkpoint is kept).
+
+    With two or more views it also logs the alignment of views 0 and 1
+    (``collapse/alignment``, ``E||z0 - z1||^2``) and their uniformity
+    (``collapse/uniformity``, ``log E exp(-2||zi - zj||^2)``, the mean over the
+    two views) of Wang & Isola, arXiv:2005.10242; both are computed on the
+    l2-normalised z and are logged only (complete collapse shows as
+    uniformity 0, which the std check already catches).
 
     When a functional made target distributions (``outputs.assignments``:
     SwAV's codes, DINO's teacher probabilities) it also logs, on the first
@@ -85,6 +119,10 @@ class CollapseMonitor:
         std = embedding_std(z).item()
         rank = effective_rank(z).item()
         self.last = {"collapse/std": std, "collapse/rank": rank}
+        other = outputs.online.z[1].detach() if len(outputs.online.z) > 1 else None
+        if other is not None and other.shape == z.shape:
+            self.last["collapse/alignment"] = alignment(z, other).item()
+            self.last["collapse/uniformity"] = (uniformity(z).item() + uniformity(other).item()) / 2
         assigned = outputs.assignments[0].detach() if outputs.assignments else None
         if assigned is not None:
             self.last["collapse/target_entropy"] = assignment_entropy(assigned).item()
@@ -92,11 +130,15 @@ class CollapseMonitor:
         run.log(dict(self.last))
         # Every process sees the same kind of batch; one warning from rank 0 is enough.
         if not self.warned and getattr(getattr(run, "ctx", None), "rank", 0) == 0:
-            message = self._diagnose(std, rank, z.shape[1], run.step, assigned)
-            if message is not None:
+            problems = self._problems(std, rank, z.shape[1], assigned)
+            if problems:
                 self.warned = True
+                message = self._message(problems, run.step)
                 warnings.warn(message, CollapseWarning, stacklevel=2)
                 logger.warning(message)
+                if self.options.stop:
+                    # One process asks; the loop's trigger stops every process after this same step.
+                    run.request_stop(f"the collapse monitor (stop: true) diagnosed {'; '.join(problems)}")
 
     @hookimpl
     def jef_run_end(self, run: Any, metrics: dict[str, float]) -> None:
@@ -105,6 +147,11 @@ class CollapseMonitor:
 
     def _diagnose(self, std: float, rank: float, dim: int, step: int, assigned: Any = None) -> str | None:
         """Explain what collapsed and what to try, or return None when healthy."""
+        problems = self._problems(std, rank, dim, assigned)
+        return self._message(problems, step) if problems else None
+
+    def _problems(self, std: float, rank: float, dim: int, assigned: Any = None) -> list[str]:
+        """What collapsed, one phrase per kind of collapse (empty when healthy)."""
         relative = std * math.sqrt(dim)
         problems = []
         if relative < self.options.std_threshold:
@@ -128,8 +175,11 @@ class CollapseMonitor:
                 problems.append(f"uniform collapse: the targets' entropy is {entropy:.3f} of the uniform "
                                 f"log {k} (threshold {self.options.uniform_threshold:g}), so they carry no "
                                 f"information; sharpen them (lower teacher temperature or Sinkhorn epsilon)")
-        if not problems:
-            return None
+        return problems
+
+    @staticmethod
+    def _message(problems: list[str], step: int) -> str:
+        """The warning: what collapsed, and what to try."""
         return (
             f"jef: representation collapse at step {step} (online projector z, view 0): "
             + "; ".join(problems)
@@ -149,5 +199,8 @@ def build_collapse(options: CollapseOptions, ctx: RunContext) -> CollapseMonitor
 def jef_register_monitors(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
     """Register ``collapse``."""
     register("collapse", build_collapse, options=CollapseOptions,
-             description="logs embedding std and effective rank; warns on collapse",
-             paper="Chen & He, SimSiam, arXiv:2011.10566; Garrido et al., RankMe, arXiv:2210.02885")
+             description="online diagnostics every `every` steps on the training batch's l2-normalised projector "
+                         "z: collapse/std and collapse/rank (RankMe) of view 0, collapse/alignment (alpha=2) "
+                         "and collapse/uniformity (t=2) of views 0 and 1; warns on collapse (stop: true stops the run)",
+             paper="Chen & He, SimSiam, arXiv:2011.10566; Garrido et al., RankMe, arXiv:2210.02885; "
+                   "Wang & Isola, arXiv:2005.10242")

@@ -7,6 +7,10 @@ cheap to watch on a single batch of embeddings. Methods that assign samples to
 ``K`` classes (SwAV's prototypes, DINO's output dimensions) collapse in two
 more ways, seen on the assignments: every sample in one class (low class
 usage) or every sample spread uniformly over all classes (entropy ``log K``).
+
+Alignment and uniformity (Wang & Isola, arXiv:2005.10242) describe the two
+things a contrastive embedding must achieve at once: positive pairs close
+together, and the embeddings of different images spread over the sphere.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CollapseWarning", "assignment_entropy", "class_usage", "effective_rank", "embedding_std"]
+__all__ = ["CollapseWarning", "alignment", "assignment_entropy", "class_usage", "effective_rank", "embedding_std",
+           "uniformity"]
 
 
 class CollapseWarning(UserWarning):
@@ -71,6 +76,57 @@ def effective_rank(z: Tensor, eps: float = 1e-7) -> Tensor:
         return torch.zeros((), device=sigma.device)
     p = sigma / total + eps
     return torch.exp(-(p * torch.log(p)).sum())
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
+    """Alignment of positive pairs: ``E ||z1_n - z2_n||^alpha`` over the l2-normalised embeddings.
+
+    ``L_align`` of Wang & Isola, Understanding Contrastive Representation
+    Learning through Alignment and Uniformity on the Hypersphere,
+    arXiv:2005.10242, eq. 4 (``alpha = 2`` as in their experiments). Row ``n``
+    of ``z1`` and of ``z2`` are two views of the same image. 0 when the views
+    coincide (which a collapsed embedding also achieves), 4 at most
+    (``alpha = 2``: antipodal views).
+
+    Args:
+        z1: Embeddings of one view ``[N, d]``, ``N >= 2``.
+        z2: Embeddings of another view of the same images ``[N, d]``.
+        alpha: The exponent ``alpha > 0``.
+
+    Returns:
+        A 0-dim float32 tensor on ``z1``'s device.
+    """
+    a = F.normalize(_as_matrix(z1, "alignment"), dim=1)
+    b = F.normalize(_as_matrix(z2, "alignment"), dim=1)
+    if a.shape != b.shape:
+        raise ValueError(f"alignment expects two views of the same images, got shapes {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    if alpha <= 0:
+        raise ValueError(f"alignment: alpha must be > 0, got {alpha}")
+    return (a - b).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
+    """Uniformity: ``log E_{i != j} exp(-t ||z_i - z_j||^2)`` over the l2-normalised embeddings.
+
+    ``L_uniform`` of Wang & Isola, arXiv:2005.10242, eq. 5 (``t = 2`` as in
+    their experiments), the log of the mean Gaussian potential over the
+    ``N (N - 1) / 2`` distinct pairs of a batch. 0 when all embeddings
+    coincide (complete collapse); lower is more uniform, down to about ``-t * 2``
+    for embeddings spread uniformly over a high-dimensional sphere.
+
+    Args:
+        z: Embeddings ``[N, d]``, ``N >= 2``.
+        t: The potential's scale ``t > 0``.
+
+    Returns:
+        A 0-dim float32 tensor on ``z``'s device.
+    """
+    if t <= 0:
+        raise ValueError(f"uniformity: t must be > 0, got {t}")
+    z = F.normalize(_as_matrix(z, "uniformity"), dim=1)
+    # pdist: the distinct pairs i < j, as in the paper's reference code (the diagonal's exp(0) = 1 stays out).
+    return torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()
 
 
 def _as_distributions(p: Tensor, name: str) -> Tensor:

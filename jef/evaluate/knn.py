@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from jef.components import DataSplits
 from jef.evaluate.features import extract_features
 
-__all__ = ["knn_evaluate", "knn_predict", "knn_top1"]
+__all__ = ["knn_accuracy", "knn_evaluate", "knn_predict", "knn_scores", "knn_top1"]
 
 
 def _check_bank(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int) -> None:
@@ -40,7 +40,7 @@ def _check_bank(train_features: Tensor, train_labels: Tensor, test_features: Ten
                          "(unlabelled samples, -1, cannot vote)")
 
 
-def knn_predict(
+def knn_scores(
     train_features: Tensor,
     train_labels: Tensor,
     test_features: Tensor,
@@ -50,7 +50,7 @@ def knn_predict(
     temperature: float = 0.1,
     chunk_size: int = 1024,
 ) -> Tensor:
-    """Predict classes of test features by a similarity-weighted vote of their neighbours.
+    """Class votes of test features: the ``k`` most similar bank samples vote with weight ``exp(sim / T)``.
 
     Args:
         train_features: Feature bank ``[N, d]`` (need not be normalised).
@@ -63,7 +63,9 @@ def knn_predict(
         chunk_size: Queries scored at once; memory is ``chunk_size x N`` floats.
 
     Returns:
-        Predicted classes ``[M]`` (int64, on the features' device).
+        Votes ``[M, num_classes]`` (float32, on the bank's device), each row
+        scaled so that its nearest neighbour weighs 1; a class no neighbour
+        belongs to scores exactly 0.
     """
     if temperature <= 0:
         raise ValueError(f"kNN: temperature must be > 0, got {temperature}")
@@ -73,18 +75,90 @@ def knn_predict(
     bank = F.normalize(train_features.float(), dim=1)
     labels = train_labels.to(device=bank.device, dtype=torch.long)
     k = min(k, bank.shape[0])
-    preds = []
+    votes = []
     for queries in test_features.float().to(bank.device).split(chunk_size):
         sims, idx = (F.normalize(queries, dim=1) @ bank.T).topk(k, dim=1)
         # Shifting by the row maximum rescales a row's weights by one constant, which leaves the
         # vote unchanged but keeps exp() finite for small temperatures (exp(1/0.01) overflows float32).
         weights = ((sims - sims[:, :1]) / temperature).exp()
         scores = torch.zeros(queries.shape[0], num_classes, device=bank.device)
-        scores.scatter_add_(1, labels[idx], weights)
-        preds.append(scores.argmax(dim=1))
-    if not preds:
-        return torch.empty(0, dtype=torch.long, device=bank.device)
-    return torch.cat(preds)
+        votes.append(scores.scatter_add_(1, labels[idx], weights))
+    if not votes:
+        return torch.zeros(0, num_classes, device=bank.device)
+    return torch.cat(votes)
+
+
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Predict classes of test features by a similarity-weighted vote of their neighbours.
+
+    Arguments are those of :func:`knn_scores`; a tie goes to the lower class index.
+
+    Returns:
+        Predicted classes ``[M]`` (int64, on the features' device).
+    """
+    return knn_scores(train_features, train_labels, test_features, num_classes=num_classes, k=k,
+                      temperature=temperature, chunk_size=chunk_size).argmax(dim=1)
+
+
+def knn_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    topk: tuple[int, ...] = (1, 5),
+    chunk_size: int = 1024,
+) -> dict[int, float]:
+    """Top-n accuracies, in ``[0, 1]``, of the kNN vote on labelled test features.
+
+    A test sample counts as correct at ``n`` when its class received a vote
+    and fewer than ``n`` classes received more. A class with no neighbour
+    among the ``k`` is never counted, so with fewer than ``n`` voting classes
+    top-n does not get free hits from classes tied at zero; a tie between
+    voting classes counts in the sample's favour (exact ties of sums of
+    exponentials of float similarities do not occur in practice). Top-1 agrees
+    with :func:`knn_predict`'s argmax except on such ties.
+
+    Args:
+        train_features: Feature bank ``[N, d]``.
+        train_labels: Classes of the bank ``[N]``.
+        test_features: Queries ``[M, d]``, ``M >= 1``.
+        test_labels: True classes of the queries ``[M]``.
+        num_classes: Number of classes.
+        k: Neighbours per query.
+        temperature: Vote temperature.
+        topk: The ``n`` to report, e.g. ``(1, 5)``.
+        chunk_size: Queries scored at once.
+
+    Returns:
+        ``{n: accuracy}`` for each ``n`` of ``topk``.
+    """
+    if test_labels.shape != (test_features.shape[0],):
+        raise ValueError(f"kNN: expected {test_features.shape[0]} test labels, got shape {tuple(test_labels.shape)}")
+    if test_features.shape[0] == 0:
+        raise ValueError("kNN: no test features to score")
+    if any(n < 1 for n in topk):
+        raise ValueError(f"kNN: every top-n must be >= 1, got {topk}")
+    scores = knn_scores(train_features, train_labels, test_features, num_classes=num_classes, k=k,
+                        temperature=temperature, chunk_size=chunk_size)
+    truth = test_labels.to(device=scores.device, dtype=torch.long)
+    own = scores.gather(1, truth[:, None])
+    rank = (scores > own).sum(dim=1)  # classes that beat the true one
+    voted = own[:, 0] > 0
+    # Counted in integers and divided in Python, so that 13/30 is the float nearest 13/30.
+    return {n: int(((rank < n) & voted).sum()) / len(truth) for n in topk}
 
 
 def knn_top1(
