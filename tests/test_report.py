@@ -75,7 +75,7 @@ def test_the_report_of_a_run_has_every_section_and_figure(runs, plugins):
     assert "<script" not in text and 'src="http' not in text and "<link" not in text
     assert "name: scaled_cosine" in text and "temperature: 0.5" in text  # the pipeline as saved
     assert "builtin.augmenters" in text and "0.1.0" in text  # plugin versions
-    assert "knn_top1" in text and "weighted kNN top-1 (k=5, T=0.1)" in text  # a final number and its protocol
+    assert "knn_top1" in text and "offline weighted kNN (InstDisc" in text and "k=5, T=0.1" in text  # with protocol
     assert "6 test queries, top 5 of 50 training images" in text  # --max-points caps the bank
 
 
