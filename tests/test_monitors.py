@@ -21,15 +21,7 @@ from jef.plugins import load_plugins
 from jef.testing import tiny_pipeline, tiny_run
 from jef.validate import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train many times faster on one thread than on several competing for a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 class FakeRun:
     """The part of jef.train.Run a monitor uses."""

@@ -26,14 +26,7 @@ from jef.testing import LEARNING_SETTINGS, InterruptAt, fresh_plugins, run_in_pr
 PROBES = [{"name": "collapse"}, {"name": "online_linear"}, {"name": "knn", "every_epochs": 1}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train many times faster on one thread than on several competing for a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def plugins():
