@@ -37,7 +37,9 @@ from jef.testing.module_contracts import check_augmenter, check_backbone, check_
 
 __all__ = [
     "LEARNING_SETTINGS",
+    "assert_discovered",
     "assert_learns",
+    "installed_plugins",
     "InterruptAt",
     "run_in_processes",
     "TINY_PIPELINE",
@@ -121,6 +123,40 @@ def assert_learns(pipeline: Mapping[str, Any], *, plugins: Plugins | None = None
     assert trained > random + margin, (f"kNN top-1 {trained:.3f} does not beat the random backbone's "
                                        f"{random:.3f} by {margin}")
     return result
+
+
+def installed_plugins(entry_point: str) -> Plugins:
+    """Every installed plugin (entry points included); skips the calling test when ``entry_point`` is missing.
+
+    For a plugin's own tests: ``@pytest.fixture(scope="module") def plugins(): return installed_plugins("swav")``.
+    """
+    import pytest
+
+    plugins = load_plugins()
+    if plugins.infos.get(entry_point) is None:
+        pytest.skip(f"jef-plugin-{entry_point} is not installed")
+    return plugins
+
+
+def assert_discovered(plugins: Plugins, entry_point: str, provides: Mapping[str, list[str]]) -> PluginInfo:
+    """Assert that ``jef-plugin-<entry_point>`` loaded through its entry point and registered exactly ``provides``.
+
+    Args:
+        plugins: Loaded plugins (see :func:`installed_plugins`).
+        entry_point: The plugin's name in the ``jef`` entry-point group.
+        provides: ``{kind: [names]}`` it must register, each through its kind's registration hook.
+
+    Returns:
+        The plugin's record, for further checks.
+    """
+    from jef.registry import KINDS
+
+    info = plugins.infos[entry_point]
+    assert info.status == "ok", f"plugin {entry_point!r} is {info.status}: {info.error}"
+    assert info.distribution == f"jef-plugin-{entry_point}", info.distribution
+    assert info.provides == dict(provides), info.provides
+    assert {KINDS[kind] for kind in provides} <= set(info.hooks), info.hooks
+    return info
 
 
 def fresh_plugins(*plugins: Any, builtins: bool = True, entry_points: bool = False) -> Plugins:

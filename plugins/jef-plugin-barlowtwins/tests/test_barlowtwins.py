@@ -7,23 +7,16 @@ import math
 import pytest
 
 from jef.config import merge, resolve
-from jef.plugins import load_plugins
-from jef.testing import LEARNING_SETTINGS, assert_learns, tiny_run
+from jef.testing import LEARNING_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
 
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("barlowtwins") is None:
-        pytest.skip("jef-plugin-barlowtwins is not installed")
-    return plugins
+    return installed_plugins("barlowtwins")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["barlowtwins"]
-    assert info.status == "ok"
-    assert info.distribution == "jef-plugin-barlowtwins"
-    assert info.provides == {"method": ["barlowtwins"]}
+    assert_discovered(plugins, "barlowtwins", provides={"method": ["barlowtwins"]})
 
 
 def test_recipe_resolves_to_the_paper_parts_and_weights(plugins):

@@ -12,23 +12,16 @@ from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
 from jef.optim import build_optimizer
 from jef.pipeline import EmaTarget, Objective, build
-from jef.plugins import load_plugins
-from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_learns, tiny_run
+from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
 
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("byol") is None:
-        pytest.skip("jef-plugin-byol is not installed")
-    return plugins
+    return installed_plugins("byol")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["byol"]
-    assert info.status == "ok" and info.distribution == "jef-plugin-byol"
-    assert info.provides == {"method": ["byol"]}
-    assert "jef_register_methods" in info.hooks
+    assert_discovered(plugins, "byol", provides={"method": ["byol"]})
 
 
 def test_recipe_is_the_papers(plugins):

@@ -2,13 +2,10 @@
 
 import pytest
 
-from jef.plugins import load_plugins
+from jef.testing import installed_plugins
 
 
 @pytest.fixture(scope="module")
 def plugins():
     """Every installed plugin, this one included."""
-    plugins = load_plugins()
-    if plugins.infos.get("dino") is None:
-        pytest.skip("jef-plugin-dino is not installed")
-    return plugins
+    return installed_plugins("dino")

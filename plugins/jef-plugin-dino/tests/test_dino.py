@@ -12,15 +12,13 @@ from jef.builtin.energies import CrossEntropyEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
 from jef.pipeline import Objective, build
-from jef.testing import TINY_SETTINGS, build_component, check_functional, run_in_processes
+from jef.testing import TINY_SETTINGS, assert_discovered, build_component, check_functional, run_in_processes
 from jef.validate import ConfigError
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["dino"]
-    assert info.status == "ok" and info.distribution == "jef-plugin-dino"
-    assert info.provides == {"method": ["dino"], "head": ["dino_head"], "functional": ["centering"]}
-    assert {"jef_register_methods", "jef_register_heads", "jef_register_functionals"} <= set(info.hooks)
+    assert_discovered(plugins, "dino",
+                      provides={"method": ["dino"], "head": ["dino_head"], "functional": ["centering"]})
     assert plugins.registry.get("method", "dino").extra["multi_crop"]
 
 

@@ -8,24 +8,16 @@ import pytest
 
 from jef.config import resolve
 from jef.evaluate.collapse import CollapseWarning
-from jef.plugins import load_plugins
-from jef.testing import tiny_run
+from jef.testing import assert_discovered, installed_plugins, tiny_run
 
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("instdisc") is None:
-        pytest.skip("jef-plugin-instdisc is not installed")
-    return plugins
+    return installed_plugins("instdisc")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["instdisc"]
-    assert info.status == "ok"
-    assert info.distribution == "jef-plugin-instdisc"
-    assert info.provides == {"method": ["instdisc"]}
-    assert "jef_register_methods" in info.hooks
+    assert_discovered(plugins, "instdisc", provides={"method": ["instdisc"]})
 
 
 def test_recipe_resolves_to_the_paper_parts(plugins):

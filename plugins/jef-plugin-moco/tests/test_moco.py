@@ -13,13 +13,14 @@ from jef.builtin.energies import ScaledCosineEnergy
 from jef.components import Branch, StepOutputs
 from jef.config import merge, resolve
 from jef.pipeline import Objective
-from jef.plugins import load_plugins
 from jef.testing import (
     LEARNING_SETTINGS,
+    assert_discovered,
     assert_learns,
     build_component,
     check_functional,
     check_functional_under_gather,
+    installed_plugins,
     tiny_run,
 )
 
@@ -28,17 +29,11 @@ METHODS = ["moco_v1", "moco_v2", "moco_v3"]
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("moco") is None:
-        pytest.skip("jef-plugin-moco is not installed")
-    return plugins
+    return installed_plugins("moco")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["moco"]
-    assert info.status == "ok" and info.distribution == "jef-plugin-moco"
-    assert info.provides == {"method": METHODS, "functional": ["moco_v3_info_nce"]}
-    assert {"jef_register_methods", "jef_register_functionals"} <= set(info.hooks)
+    assert_discovered(plugins, "moco", provides={"method": METHODS, "functional": ["moco_v3_info_nce"]})
 
 
 @pytest.mark.parametrize("method", ["moco_v1", "moco_v2"])

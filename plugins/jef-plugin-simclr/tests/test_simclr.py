@@ -10,24 +10,16 @@ import torch
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import resolve
 from jef.pipeline import Objective
-from jef.plugins import load_plugins
-from jef.testing import tiny_run
+from jef.testing import assert_discovered, installed_plugins, tiny_run
 
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("simclr") is None:
-        pytest.skip("jef-plugin-simclr is not installed")
-    return plugins
+    return installed_plugins("simclr")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["simclr"]
-    assert info.status == "ok"
-    assert info.distribution == "jef-plugin-simclr"
-    assert info.provides == {"method": ["simclr"]}
-    assert "jef_register_methods" in info.hooks
+    assert_discovered(plugins, "simclr", provides={"method": ["simclr"]})
 
 
 def test_recipe_resolves_to_the_paper_parts(plugins):

@@ -12,23 +12,16 @@ from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
 from jef.evaluate.collapse import CollapseWarning
 from jef.pipeline import Objective, build
-from jef.plugins import load_plugins
-from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_learns, tiny_run
+from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
 
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("simsiam") is None:
-        pytest.skip("jef-plugin-simsiam is not installed")
-    return plugins
+    return installed_plugins("simsiam")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["simsiam"]
-    assert info.status == "ok" and info.distribution == "jef-plugin-simsiam"
-    assert info.provides == {"method": ["simsiam"]}
-    assert "jef_register_methods" in info.hooks
+    assert_discovered(plugins, "simsiam", provides={"method": ["simsiam"]})
 
 
 def test_recipe_is_the_papers(plugins):

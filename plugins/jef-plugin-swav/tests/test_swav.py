@@ -12,24 +12,25 @@ from jef.builtin.energies import CrossEntropyEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
 from jef.pipeline import Objective
-from jef.plugins import load_plugins
-from jef.testing import assert_learns, build_component, check_functional, tiny_run, train_in_processes
+from jef.testing import (
+    assert_discovered,
+    assert_learns,
+    build_component,
+    check_functional,
+    installed_plugins,
+    tiny_run,
+    train_in_processes,
+)
 from jef.validate import ConfigError
 
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("swav") is None:
-        pytest.skip("jef-plugin-swav is not installed")
-    return plugins
+    return installed_plugins("swav")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["swav"]
-    assert info.status == "ok" and info.distribution == "jef-plugin-swav"
-    assert info.provides == {"method": ["swav"], "functional": ["sinkhorn"]}
-    assert {"jef_register_methods", "jef_register_functionals"} <= set(info.hooks)
+    assert_discovered(plugins, "swav", provides={"method": ["swav"], "functional": ["sinkhorn"]})
     assert plugins.registry.get("method", "swav").extra["multi_crop"] is True
 
 

@@ -8,23 +8,16 @@ import pytest
 
 from jef.config import merge, resolve
 from jef.evaluate.collapse import CollapseWarning
-from jef.plugins import load_plugins
-from jef.testing import LEARNING_SETTINGS, assert_learns, tiny_run
+from jef.testing import LEARNING_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
 
 
 @pytest.fixture(scope="module")
 def plugins():
-    plugins = load_plugins()
-    if plugins.infos.get("vicreg") is None:
-        pytest.skip("jef-plugin-vicreg is not installed")
-    return plugins
+    return installed_plugins("vicreg")
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    info = plugins.infos["vicreg"]
-    assert info.status == "ok"
-    assert info.distribution == "jef-plugin-vicreg"
-    assert info.provides == {"method": ["vicreg"]}
+    assert_discovered(plugins, "vicreg", provides={"method": ["vicreg"]})
 
 
 def test_recipe_resolves_to_the_paper_parts_and_weights(plugins):
