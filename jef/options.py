@@ -108,6 +108,13 @@ class TrainOptions:
     num_workers: int = attrs.field(default=0, validator=v.ge(0), metadata=doc("data-loader workers"))
     log_every: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("steps between metric lines"))
     checkpoint_every: int = attrs.field(default=1, validator=v.ge(1), metadata=doc("epochs between checkpoints"))
+    checkpoint_every_steps: int | None = attrs.field(
+        default=None, validator=v.optional(v.ge(1)),
+        metadata=doc("also checkpoint every this many steps (long epochs on preemptible machines)"))
+    sync_bn: bool = attrs.field(
+        default=False, metadata=doc("BatchNorm statistics over the global batch, across processes (SyncBN)"))
+    on_nonfinite: Literal["stop", "skip"] = attrs.field(
+        default="stop", metadata=doc("a NaN/inf loss: stop keeping the last good checkpoint | skip the step"))
     tensorboard: bool = attrs.field(default=True, metadata=doc("write TensorBoard events"))
     progress: bool = attrs.field(default=True, metadata=doc("show a progress bar"))
 
