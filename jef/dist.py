@@ -99,7 +99,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start:start + ctx.local_size]
 
 
-def gather(tensor: Tensor) -> Tensor:
+def gather(tensor: Tensor, *, check_shapes: bool = True) -> Tensor:
     """Concatenate ``tensor`` from every process along dim 0, keeping gradients.
 
     Every process must pass a tensor of the same shape (equal per-process
@@ -113,6 +113,10 @@ def gather(tensor: Tensor) -> Tensor:
 
     Args:
         tensor: ``[N, ...]`` local tensor.
+        check_shapes: Compare the shapes first (one more, tiny, collective).
+            Pass False only where the shape is the same on every process by
+            construction (per-channel statistics of one layer): a mismatch
+            then hangs or fails inside ``all_gather``.
 
     Returns:
         ``[W*N, ...]`` tensor; a copy of ``tensor`` (with its gradient path)
@@ -122,7 +126,8 @@ def gather(tensor: Tensor) -> Tensor:
         raise ValueError("gather: expected a tensor with a batch dimension, got a 0-d tensor")
     if not is_distributed():
         return tensor.clone()
-    _check_equal_shapes(tensor)
+    if check_shapes:
+        _check_equal_shapes(tensor)
     return _GatherWithGrad.apply(tensor)
 
 

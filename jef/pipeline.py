@@ -24,7 +24,9 @@ from jef.components import Branch, DataSplits, RunContext, StepOutputs
 from jef.config import Pipeline, Slot
 from jef.hookspecs import hookimpl
 from jef.options import TargetOptions
+from jef.registry import BuildError
 from jef.shuffle_bn import shuffled_encode
+from jef.sync_bn import convert_sync_batchnorm
 from jef.validate import ConfigError
 
 
@@ -203,6 +205,8 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
     _check_target_maker(pipeline, energy, functionals)
     objective = Objective(energy, functionals)
     model = JointEmbedding(backbone, projector, predictor, objective, pipeline.target, augmenter.n_global)
+    if pipeline.train.sync_bn and ctx.world_size > 1:
+        _sync_batch_norm(model)
     monitors = [_make(s, ctx) for s in pipeline.monitors]
     if pipeline.target.name == "ema":
         monitors.append(EmaTarget(model, pipeline.target, ctx.total_steps))
@@ -210,6 +214,18 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
                   "energy": energy[1] if energy else None,
                   **{f"functionals.{i}": f for i, (_, f, _) in enumerate(functionals)}}
     return Built(ctx, splits, augmenter, model, monitors, components)
+
+
+def _sync_batch_norm(model: JointEmbedding) -> None:
+    """Make the model's BatchNorms compute statistics over the global batch (``train.sync_bn``).
+
+    With MoCo's shuffling BN the key encoder is left alone: its BatchNorm statistics must come from one
+    shuffled group of samples, and each process *is* a group; synchronising them would give every key the
+    statistics of the whole batch, its query's samples included, the leak shuffling BN exists to prevent.
+    """
+    for name, child in list(model.named_children()):
+        if not (model.shuffle_bn and name in ("target_backbone", "target_projector")):
+            setattr(model, name, convert_sync_batchnorm(child))
 
 
 def _check_multi_crop(pipeline: Pipeline, augmenter: nn.Module) -> None:
@@ -240,8 +256,8 @@ def _make(slot: Slot, ctx: RunContext) -> Any:
     try:
         return slot.entry.factory(slot.options, ctx)
     except Exception as error:
-        raise RuntimeError(f"building {slot.kind} {slot.name!r} from plugin "
-                           f"{slot.entry.provenance} failed: {type(error).__name__}: {error}") from error
+        raise BuildError(f"building {slot.kind} {slot.name!r} from plugin "
+                         f"{slot.entry.provenance} failed: {type(error).__name__}: {error}") from error
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:

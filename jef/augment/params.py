@@ -45,6 +45,26 @@ class ViewParams:
         """The same parameters on ``device``."""
         return ViewParams(**{f.name: getattr(self, f.name).to(device) for f in attrs.fields(ViewParams)})
 
+    def shard(self, index: int, count: int) -> "ViewParams":
+        """The parameters of samples ``[index·b, (index+1)·b)`` of every view, ``b = B / count``.
+
+        With ``W`` processes each drawing the parameters of the global batch
+        from the same generator, process ``r`` keeps ``shard(r, W)``: the rows
+        of its own images in the global batch, so that the views are those of
+        one process on the global batch.
+        """
+        n_views, batch = self.theta.shape[:2]
+        if not 0 <= index < count or batch % count:
+            raise ValueError(f"ViewParams.shard: cannot take shard {index} of {count} from {batch} samples per view")
+        size = batch // count
+        rows = slice(index * size, (index + 1) * size)
+
+        def part(t: Tensor) -> Tensor:  # view-major [V*B, ...] -> this shard's [V*b, ...]
+            return t.reshape(n_views, batch, *t.shape[1:])[:, rows].reshape(n_views * size, *t.shape[1:])
+
+        fields = {f.name: part(getattr(self, f.name)) for f in attrs.fields(ViewParams) if f.name != "theta"}
+        return ViewParams(theta=self.theta[:, rows], **fields)
+
 
 def _between(u: Tensor, low: float, high: float) -> Tensor:
     return low + (high - low) * u

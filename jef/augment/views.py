@@ -36,10 +36,21 @@ _PROBS = {"flip": "flip_p", "jitter": "jitter_p", "gray": "grayscale_p", "blur":
 class ViewsAugmenter(nn.Module):
     """Makes ``n_global`` global then ``n_local`` local views of a batch, per-sample random.
 
+    Random parameters are a function of the *global* batch: with
+    ``world_size`` processes, each handing the same generator state (the
+    training loop seeds it alike on every process) and its ``B`` images, every
+    process draws the parameters of ``world_size · B`` images and keeps the rows
+    of its own, ``[rank·B, (rank+1)·B)``. A run on ``W`` processes thus makes
+    the views one process makes on the global batch, and images on different
+    processes never share their random parameters.
+
     Args:
         options: The recipe; SimCLR's CIFAR-10 views by default [1].
         in_channels: Channels of the images it will see, when known, to
             check the normalisation statistics at construction.
+        image_size: Side of the input images, the view size when ``options.size`` is None.
+        rank: This process's index (the factory reads ``RunContext.rank``).
+        world_size: Number of processes (``RunContext.world_size``); 1 standalone.
 
     Attributes:
         options: The options it was built with.
@@ -51,8 +62,12 @@ class ViewsAugmenter(nn.Module):
     """
 
     def __init__(self, options: ViewsOptions | None = None, *, in_channels: int | None = None,
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"views augmenter: rank must be in [0, world_size), got rank={rank}, "
+                             f"world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
         o = options if options is not None else ViewsOptions()
         if o.size is None:
             if image_size is None:
@@ -71,8 +86,9 @@ class ViewsAugmenter(nn.Module):
         self._blur = any(p > 0.0 for p in o.per_view("blur_p"))
 
     def extra_repr(self) -> str:
+        shard = f", rank={self.rank}, world_size={self.world_size}" if self.world_size > 1 else ""
         return (f"n_global={self.n_global}, n_local={self.n_local}, size={self.size}, "
-                f"local_size={self.local_size}")
+                f"local_size={self.local_size}{shard}")
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         """Random views of a batch.
@@ -81,7 +97,8 @@ class ViewsAugmenter(nn.Module):
             images: ``[B, C, H, W]``, ``C`` in {1, 3}, uint8 in 0..255 or float
                 in ``[0, 1]``, on any device.
             generator: Source of every random parameter (same seed, same
-                views); None uses the global RNG.
+                views); None uses the global RNG. With several processes it
+                must be in the same state on each (see the class docstring).
 
         Returns:
             ``n_views`` float32 tensors on ``images``' device: ``n_global`` of
@@ -101,9 +118,12 @@ class ViewsAugmenter(nn.Module):
                 continue
             params = sample_params(
                 {key: p[start:stop] for key, p in self._probs.items()}, n_views=stop - start,
-                batch=x.shape[0], aspect=x.shape[-1] / x.shape[-2], scale=scale, ratio=o.ratio,
+                batch=x.shape[0] * self.world_size, aspect=x.shape[-1] / x.shape[-2], scale=scale, ratio=o.ratio,
                 jitter_strength=(o.brightness, o.contrast, o.saturation, o.hue), blur_sigma=o.blur_sigma,
-                generator=generator).to(x.device)
+                generator=generator)
+            if self.world_size > 1:
+                params = params.shard(self.rank, self.world_size)
+            params = params.to(x.device)
             out = self._normalize(self.transform(x, params, size))
             views.extend(out.split(x.shape[0]))
         return views
@@ -191,6 +211,8 @@ def _full_precision(images: Tensor) -> contextlib.AbstractContextManager:
 
 
 def build_views(options: ViewsOptions, ctx: RunContext) -> ViewsAugmenter:
-    """Factory of the ``views`` augmenter; reads ``ctx.in_channels`` (to check ``mean``/``std``) and
-    ``ctx.image_size`` (the view size when ``size`` is null)."""
-    return ViewsAugmenter(options, in_channels=ctx.in_channels, image_size=ctx.image_size)
+    """Factory of the ``views`` augmenter; reads ``ctx.in_channels`` (to check ``mean``/``std``),
+    ``ctx.image_size`` (the view size when ``size`` is null) and ``ctx.rank``/``ctx.world_size`` (its rows of
+    the global batch's random parameters)."""
+    return ViewsAugmenter(options, in_channels=ctx.in_channels, image_size=ctx.image_size, rank=ctx.rank,
+                          world_size=ctx.world_size)
