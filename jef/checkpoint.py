@@ -9,13 +9,33 @@ directory and renamed, so a crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jef.validate import ConfigError
+
 CHECKPOINT_NAME = "checkpoint.pt"
+
+#: Keys of the resolved pipeline that may change when a run resumes: the length of training (to extend a run; the
+#: learning-rate and momentum schedules then stretch to the new length) and what does not change the computation.
+RESUME_MAY_CHANGE = ("run_dir", "eval", "train.epochs", "train.max_steps", "train.progress", "train.tensorboard",
+                     "train.log_every", "train.num_workers", "train.checkpoint_every", "train.checkpoint_every_steps")
+
+#: What every checkpoint written by :func:`save_run` holds.
+_RUN_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be used: unreadable, not jef's, or written by a different pipeline.
+
+    The message names the file and says what to do.
+    """
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -25,10 +45,25 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(handle)
     try:
         write(Path(tmp))
+        _fsync(tmp)  # the bytes are on disk before the name points at them (power loss, not only a crash)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
+
+
+def _fsync(path: str | Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    except OSError:  # directories cannot be fsync'ed on some systems (Windows); the rename is still atomic
+        if not Path(path).is_dir():
+            raise
+    finally:
+        os.close(handle)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -37,15 +72,92 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary pickle).
+    """Read a checkpoint with ``weights_only=True``: tensors and plain containers, never arbitrary pickled objects.
 
     Raises:
         FileNotFoundError: with a message saying what to do.
+        CheckpointError: the file is truncated, corrupt, holds objects other than tensors and plain data, or is
+            not a checkpoint written by ``jef train``.
     """
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume; "
                                 f"start the run without --resume or point run_dir at an earlier run")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    corrupt = ("cannot be read: truncated or corrupt ({}); jef writes checkpoints atomically, so this file was cut "
+               "short or damaged elsewhere (a copy, a full disk): copy it again or resume from another run directory")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; a cut-off file has lost its zip directory
+        raise CheckpointError(corrupt.format("not a complete zip archive, as torch.save writes"), source=str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # what weights_only refuses to load
+        raise CheckpointError(f"holds objects other than tensors and plain data, which jef does not unpickle "
+                              f"(arbitrary code could run); load it only if you trust it, and save its "
+                              f"state_dict instead ({_first_line(error)})", source=str(path)) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(corrupt.format(_first_line(error)), source=str(path)) from error
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError("is not a checkpoint written by jef train (no 'model' entry); pass a run directory "
+                              "or its checkpoint.pt", source=str(path))
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def check_resumable(state: dict[str, Any], pipeline: dict[str, Any], path: Path, *, force: bool = False) -> None:
+    """Refuse to resume from ``state`` with a pipeline that computes something else than the one that wrote it.
+
+    Args:
+        state: The loaded checkpoint.
+        pipeline: The resolved pipeline of the run about to resume (``Pipeline.to_dict()``).
+        path: The checkpoint file, for the message.
+        force: Resume anyway, warning with the differences.
+
+    Raises:
+        CheckpointError: Naming every difference (``train.optimizer.lr: 0.1 -> 0.2``) and the ways out.
+    """
+    missing = [key for key in _RUN_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"is not a training checkpoint of jef train (missing {', '.join(missing)}); it "
+                              f"cannot be resumed", source=str(path))
+    if "pipeline" not in state:
+        return  # written before checkpoints recorded their pipeline
+    differences = pipeline_differences(state["pipeline"], pipeline)
+    if not differences:
+        return
+    listing = "\n".join(f"  {line}" for line in differences)
+    if force:
+        warnings.warn(f"{path}: resuming with a changed pipeline (forced):\n{listing}", stacklevel=2)
+        return
+    raise CheckpointError(f"was written by a different pipeline; resuming would mix two runs:\n{listing}\n"
+                          f"resume with the pipeline.yaml saved beside it, train into a new run_dir, or force it "
+                          f"(jef train --resume --force-resume; train(..., resume='force'))", source=str(path))
+
+
+def pipeline_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``path: saved -> current`` for every setting that differs, ignoring :data:`RESUME_MAY_CHANGE`."""
+    old, new = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(old.keys() | new.keys()):
+        if any(key == prefix or key.startswith(prefix + ".") for prefix in RESUME_MAY_CHANGE):
+            continue
+        before, after = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if before != after:
+            lines.append(f"{key}: {before!r} -> {after!r}")
+    return lines
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple) and any(isinstance(item, dict) for item in value):
+        items = enumerate(value)  # lists of components (functionals, monitors): compare setting by setting
+    else:
+        return {prefix: list(value) if isinstance(value, tuple) else value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
@@ -69,13 +181,19 @@ def restore_rng_state(state: dict[str, torch.Tensor], generators: dict[str, torc
 def save_run(run: Any) -> None:
     """Checkpoint a :class:`jef.train.Run` into its directory (rank 0 writes; every process waits for it)."""
     run.accelerator.wait_for_everyone()
+    run.checkpoint_step = run.step
+    rng = rng_state({"augment": run.generator})
+    if run.accelerator.num_processes > 1:  # the global RNG is seeded per process: keep every process's state
+        for key in ("torch", "cuda"):
+            if key in rng:
+                rng[f"{key}_per_rank"] = run.accelerator.gather(rng[key].to(run.accelerator.device)[None]).cpu()
     if run.directory is None:
         return
     save_checkpoint(run.directory / CHECKPOINT_NAME, {
         "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
-        "batch_in_epoch": run.batch_in_epoch, "rng": rng_state({"augment": run.generator}),
-        "monitors": _monitor_states(run)})
+        "batch_in_epoch": run.batch_in_epoch, "rng": rng,
+        "monitors": _monitor_states(run), "pipeline": run.pipeline.to_dict()})
 
 
 def _monitor_states(run: Any) -> dict[str, Any]:
@@ -84,11 +202,32 @@ def _monitor_states(run: Any) -> dict[str, Any]:
 
 
 def restore_run(run: Any, state: dict[str, Any]) -> None:
-    """Put a checkpoint written by :func:`save_run` back into a freshly built run."""
-    run.unwrapped_model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    """Put a checkpoint written by :func:`save_run` back into a freshly built run.
+
+    Raises:
+        CheckpointError: The weights or optimiser state do not fit the model built now.
+    """
+    try:
+        run.unwrapped_model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"does not fit the model and optimiser built from the pipeline "
+                              f"({_first_line(error)}); resume with the pipeline that wrote it",
+                              source=str(run.directory / CHECKPOINT_NAME if run.directory else CHECKPOINT_NAME)
+                              ) from error
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    run.checkpoint_step = run.step
     restore_rng_state(state["rng"], {"augment": run.generator})
+    rank, world = run.accelerator.process_index, run.accelerator.num_processes
+    for key, put in (("torch", torch.set_rng_state), ("cuda", torch.cuda.set_rng_state)):
+        per_rank = state["rng"].get(f"{key}_per_rank")
+        if per_rank is not None and len(per_rank) == world and (key == "torch" or torch.cuda.is_available()):
+            put(per_rank[rank])  # this process's own stream (rank 0's was restored above for every process)
     for key, monitor_state in state.get("monitors", {}).items():
-        run.monitors[int(key)].load_state_dict(monitor_state)
+        monitor = run.monitors[int(key)] if int(key) < len(run.monitors) else None
+        if not callable(getattr(monitor, "load_state_dict", None)):  # only after --force-resume changed monitors
+            warnings.warn(f"the state of monitor {key} in the checkpoint has no monitor to go to; not restored",
+                          stacklevel=2)
+            continue
+        monitor.load_state_dict(monitor_state)

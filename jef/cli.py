@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 import jef
 from jef.plugins import load_plugins
-from jef.registry import RegistryError
+from jef.registry import BuildError, RegistryError
 from jef.validate import ConfigError
 
 
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as error:  # a diverged run: the message says what to try
         print(f"jef: error: {error}", file=sys.stderr)
         return 1
+    except BuildError as error:
+        if not isinstance(error.__cause__, OSError | ValueError):  # likely a bug in the plugin: show where
+            traceback.print_exception(error.__cause__, file=sys.stderr)
+        print(f"jef: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

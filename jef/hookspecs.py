@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import pluggy as _pluggy
 
     from jef.components import StepOutputs
-    from jef.train import Run
+    from jef.run_state import Run
 
 PROJECT = "jef"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -80,6 +80,12 @@ def jef_register_augmenters(register: Callable[..., None]) -> None:
     ``factory(options, ctx)`` returns an ``nn.Module`` whose
     ``forward(images, generator=None)`` returns the list of views, with
     attributes ``n_views``, ``n_global`` and an ``eval_view(images)`` method.
+    In a run the generator is in the same state on every process: so that
+    ``W`` processes of ``B`` images see the views one process would make of
+    the global batch, draw the random parameters for ``ctx.world_size × B``
+    images and keep rows ``ctx.rank × B`` onwards (as the built-in ``views``
+    does with ``ViewParams.shard``); otherwise the same parameters are used on
+    every process's images.
 
     Args:
         register: Adds one augmenter to jef's table.

@@ -32,6 +32,15 @@ KINDS: dict[str, str] = {
 }
 
 
+class BuildError(RuntimeError):
+    """A component's factory failed; the message names the component and its plugin, ``__cause__`` is the error.
+
+    Errors about the user's input (``OSError``: a missing or unreadable file; ``ValueError``: a bad value) are
+    shown by the command line as a message; any other cause is likely a bug in the plugin, and the traceback is
+    shown too.
+    """
+
+
 class RegistryError(LookupError):
     """A component name could not be resolved (unknown or ambiguous)."""
 
@@ -204,15 +213,13 @@ def _load_recipe(recipe: Mapping[str, Any] | Path | str, name: str,
     """A method recipe as a plain dict, read from YAML when given a path."""
     if isinstance(recipe, Mapping):
         return dict(recipe)
-    import yaml
+    from jef.config import read_yaml  # config imports this module
 
     path = Path(recipe)
     try:
-        with path.open(encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"plugin {provenance.plugin}: method {name!r}: cannot read recipe "
-                         f"{path}: {error}") from error
+        data = read_yaml(path)
+    except ValueError as error:  # a ConfigError naming the file, the line and the problem
+        raise ValueError(f"plugin {provenance.plugin}: method {name!r}: cannot read recipe: {error}") from error
     if not isinstance(data, dict):
         raise ValueError(f"plugin {provenance.plugin}: method {name!r}: recipe {path} must be a mapping")
     return data

@@ -17,9 +17,9 @@ import copy
 import math
 import sys
 import time
-from contextlib import contextmanager
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -28,58 +28,39 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_run, save_run
+from jef.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, restore_run, save_run
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.data_order import EpochSampler
 from jef.evaluate.protocols import evaluate_backbone, write_evaluation
+from jef.faults import RunInterrupted, handle_nonfinite, nonfinite_terms, stop_on_signals
 from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
+from jef.run_state import Run, run_plugins
 from jef.runlog import MetricsLogger, plugin_listing, write_run_files
 from jef.validate import ConfigError
 
-
-@attrs.define(eq=False)
-class Run:
-    """The state of a run, handed to every run hook."""
-
-    ctx: RunContext
-    pipeline: Pipeline
-    accelerator: Accelerator
-    model: torch.nn.Module
-    augmenter: torch.nn.Module
-    optimizer: Any
-    scheduler: Any
-    directory: Path | None
-    generator: torch.Generator
-    splits: Any = None  # the DataSplits (monitors that evaluate read the labelled splits)
-    monitors: list[Any] = attrs.field(factory=list)  # their state_dict(), if any, is checkpointed
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    pending: dict[str, float] = attrs.field(factory=dict)
-    history: list[dict[str, float]] = attrs.field(factory=list)
-    stop_reason: str | None = None
-
-    def log(self, metrics: dict[str, Any]) -> None:
-        """Queue metrics for the next metrics line (the latest value of each key wins)."""
-        self.pending.update({k: float(v.item()) if hasattr(v, "item") else v for k, v in metrics.items()})
-
-    def request_stop(self, reason: str) -> None:
-        """Stop after this step, on every process, keeping a checkpoint (e.g. a monitor that saw a collapse)."""
-        self.stop_reason = reason
-        self.accelerator.set_trigger()
-
-    @property
-    def unwrapped_model(self) -> torch.nn.Module:
-        """The model without Accelerate's wrappers (DDP, mixed precision)."""
-        return self.accelerator.unwrap_model(self.model)
+__all__ = ["Run", "train"]
 
 
-def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool = False,
+def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool | Literal["force"] = False,
           plugins: Plugins | None = None, cpu: bool | None = None) -> dict[str, float]:
-    """Train ``pipeline``; return the final metrics (loss terms, ``knn_top1`` when labelled)."""
+    """Train ``pipeline``; return the final metrics (loss terms, ``knn_top1`` when labelled).
+
+    Args:
+        pipeline: The validated pipeline.
+        run_dir: Where the checkpoint, metrics and resolved pipeline go (default ``runs/<file stem>``).
+        resume: Continue from the run directory's checkpoint; refused when the pipeline differs from the one
+            that wrote it, unless ``"force"``.
+        plugins: Loaded plugins (default: the installed ones).
+        cpu: Force the CPU (default: a GPU when there is one).
+
+    Raises:
+        jef.faults.RunInterrupted: SIGTERM or SIGINT stopped the run after its checkpoint was written.
+        jef.faults.NonFiniteLossError: The loss went NaN/inf (``train.on_nonfinite: stop``); nothing was saved.
+        jef.checkpoint.CheckpointError: The checkpoint to resume is unreadable or from another pipeline.
+    """
     plugins = plugins or get_plugins()
     train_options = pipeline.train
     AcceleratorState._reset_state()  # let several runs with different precisions share a process
@@ -93,6 +74,10 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
                               step_scheduler_with_optimizer=False)
     torch.manual_seed(pipeline.seed + accelerator.process_index)
     directory = Path(run_dir or pipeline.run_dir or Path("runs") / Path(pipeline.source).stem).expanduser()
+    resumed = None
+    if resume:  # before anything is built or written: a refused resume leaves the run directory as it was
+        resumed = load_checkpoint(directory / CHECKPOINT_NAME)
+        check_resumable(resumed, pipeline.to_dict(), directory / CHECKPOINT_NAME, force=resume == "force")
     ctx = RunContext(seed=pipeline.seed, device=str(accelerator.device), world_size=accelerator.num_processes,
                      rank=accelerator.process_index, batch_size=train_options.batch_size,
                      global_batch_size=train_options.batch_size * accelerator.num_processes,
@@ -111,8 +96,11 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     random_backbone = copy.deepcopy(built.model.backbone) if pipeline.eval.knn.baseline else None
 
     sampler = EpochSampler(len(built.splits.train), seed=pipeline.seed)
+    # Its own generator: otherwise each new iterator (each epoch, a resumed epoch) draws from the global RNG, which
+    # the step's own randomness (MoCo's shuffled BN) uses, and a resumed run would drift from an uninterrupted one.
     loader = DataLoader(built.splits.train, batch_size=train_options.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=train_options.num_workers, persistent_workers=train_options.num_workers > 0)
+                        num_workers=train_options.num_workers, persistent_workers=train_options.num_workers > 0,
+                        generator=torch.Generator().manual_seed(pipeline.seed))
     # Linear scaling follows the batch of one optimiser step, accumulation included.
     step_batch = ctx.global_batch_size * train_options.grad_accum
     optimizer = build_optimizer(built.model, train_options.optimizer, step_batch)
@@ -120,14 +108,14 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
         optimizer, lr_lambdas(optimizer, train_options.scheduler, per_epoch, total))
     model, optimizer, loader, scheduler = accelerator.prepare(built.model, optimizer, loader, scheduler)
     augmenter = built.augmenter.to(accelerator.device)
-    generator = torch.Generator().manual_seed(pipeline.seed * 1000 + accelerator.process_index)
+    generator = torch.Generator().manual_seed(pipeline.seed * 1000)  # alike everywhere: views of the global batch
     run = Run(ctx, pipeline, accelerator, model, augmenter, optimizer, scheduler,
               directory if accelerator.is_main_process else None, generator, built.splits, built.monitors)
+    if resumed is not None:  # before the run directory is touched: a checkpoint that does not fit changes nothing
+        restore_run(run, resumed)
     logger = MetricsLogger(directory, enabled=accelerator.is_main_process, tensorboard=train_options.tensorboard)
     if accelerator.is_main_process:
         write_run_files(directory, pipeline.to_dict(), plugin_listing(plugins))
-    if resume:
-        restore_run(run, load_checkpoint(directory / CHECKPOINT_NAME))
     hook = plugins.manager.hook
     metrics: dict[str, float] = {}
     with run_plugins(plugins, [*built.components.values(), *built.monitors]):
@@ -137,22 +125,27 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
         bar = tqdm(total=total, initial=run.step, disable=not (train_options.progress and accelerator.is_main_process),
                    desc=f"train {pipeline.method.name if pipeline.method else 'pipeline'}", unit="step",
                    mininterval=0.5)
-        try:
-            while run.step < total and not run.stop_reason:
-                epoch_terms, finished = _train_epoch(run, loader, hook, bar, logger, total)
-                metrics.update(epoch_terms)
-                if finished:
-                    epoch, run.epoch, run.batch_in_epoch = run.epoch, run.epoch + 1, 0
-                    if (epoch + 1) % train_options.checkpoint_every == 0:
-                        save_run(run)
-                    hook.jef_epoch_end(run=run, epoch=epoch, metrics=epoch_terms)
-                    logger.write(run.step, {f"epoch/{k}": v for k, v in epoch_terms.items()})
-        except KeyboardInterrupt:
-            save_run(run)  # nothing lost: the run resumes from here with --resume
-            raise
-        finally:
-            bar.close()
-        save_run(run)
+        with stop_on_signals(run.request_stop) as received:
+            try:
+                while run.step < total and not run.stop_reason:
+                    epoch_terms, finished = _train_epoch(run, loader, hook, bar, logger, total)
+                    metrics.update(epoch_terms)
+                    if finished:
+                        epoch, run.epoch, run.batch_in_epoch = run.epoch, run.epoch + 1, 0
+                        hook.jef_epoch_end(run=run, epoch=epoch, metrics=epoch_terms)
+                        logger.write(run.step, {f"epoch/{k}": v for k, v in epoch_terms.items()})
+                        if (epoch + 1) % train_options.checkpoint_every == 0:  # after the hooks: their state too
+                            save_run(run)
+            except KeyboardInterrupt:
+                save_run(run)  # nothing lost: the run resumes from here with --resume
+                raise
+            finally:
+                bar.close()
+            if run.checkpoint_step != run.step:  # the last epoch's checkpoint may already hold this step
+                save_run(run)
+        if received:  # SIGTERM/SIGINT: checkpoint written; no evaluation, the job is being stopped
+            logger.close()
+            raise RunInterrupted(received["signal"], run.step, directory)
         if run.stop_reason:
             tqdm.write(f"jef: run stopped at step {run.step}: {run.stop_reason}; checkpoint saved in {directory}",
                        file=sys.stderr)
@@ -182,42 +175,50 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
     if run.batch_in_epoch:
         batches.set_epoch(run.epoch)
     sums: dict[str, float] = {}
-    count, started, images = 0, time.perf_counter(), 0
+    count, started, images, accumulated = 0, time.perf_counter(), 0, 0.0
     for batch in batches:
         with accelerator.accumulate(run.model):
             result = hook.jef_train_step(run=run, batch=batch)
             accelerator.backward(result["loss"])
+            accumulated = accumulated + result["loss"].detach()  # a NaN in any micro-batch stays visible
+            bad: list[str] = []
             if accelerator.sync_gradients:
-                hook.jef_after_backward(run=run)
-                if options.clip_grad_norm:
-                    accelerator.clip_grad_norm_(run.model.parameters(), options.clip_grad_norm)
-            run.optimizer.step()
+                terms = _reduced_terms(accelerator, result, accumulated)
+                bad, accumulated = nonfinite_terms(terms), 0.0
+                if bad:  # before the update, so a non-finite step never reaches the weights
+                    handle_nonfinite(run, run.step + 1, terms, bad)  # raises unless train.on_nonfinite: skip
+                else:
+                    hook.jef_after_backward(run=run)
+                    if options.clip_grad_norm:
+                        accelerator.clip_grad_norm_(run.model.parameters(), options.clip_grad_norm)
+            if not bad:
+                run.optimizer.step()
             if accelerator.sync_gradients:
-                run.scheduler.step()
+                with warnings.catch_warnings():  # a skipped first step is not the misordering torch warns of
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    run.scheduler.step()  # skipped steps count: the schedule keeps its length
             run.optimizer.zero_grad(set_to_none=True)
         run.batch_in_epoch += 1
         images += batch[0].shape[0] * run.ctx.world_size
         if not accelerator.sync_gradients:
             continue
         run.step += 1
-        terms = {"loss": result["loss"].detach(), **{k: v.detach() for k, v in result["terms"].items()}}
-        terms = {k: float(v) for k, v in accelerator.reduce(terms, reduction="mean").items()}
-        if not math.isfinite(terms["loss"]):
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-            raise FloatingPointError(f"step {run.step}: the loss is not finite ({shown}); the last checkpoint is "
-                                     f"intact: lower train.optimizer.lr, add warm-up or use precision 'no'")
-        hook.jef_step_end(run=run, outputs=result.get("outputs"), terms=terms)
+        if not bad:
+            run.skipped_in_a_row = 0
+            hook.jef_step_end(run=run, outputs=result.get("outputs"), terms=terms)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
+        if options.checkpoint_every_steps and run.step % options.checkpoint_every_steps == 0:
+            save_run(run)
         if accelerator.check_trigger():  # some process asked to stop; all stop after the same step
             run.stop_reason = run.stop_reason or "stop requested by another process"
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value
-        count += 1
         rate = images / max(time.perf_counter() - started, 1e-9)
         bar.update(1)
         bar.set_postfix(epoch=run.epoch, loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}")
         if run.step % options.log_every == 0 or run.step == total:
-            record = {**terms, "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate, "epoch": run.epoch,
-                      **run.pending}
+            record = {**({} if bad else terms), "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate,
+                      "epoch": run.epoch, **run.pending}
             run.pending.clear()
             logger.write(run.step, record)
             run.history.append({"step": run.step, **record})
@@ -227,24 +228,20 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
     return {k: v / max(count, 1) for k, v in sums.items()}, finished
 
 
+def _reduced_terms(accelerator: Accelerator, result: dict[str, Any], accumulated: Any) -> dict[str, float]:
+    """The step's loss terms, averaged over processes; ``loss`` is non-finite if any accumulated micro-batch was."""
+    terms = {"loss": result["loss"].detach(), **{k: v.detach() for k, v in result["terms"].items()},
+             "_accumulated": torch.as_tensor(accumulated, device=result["loss"].device)}
+    terms = {k: float(v) for k, v in accelerator.reduce(terms, reduction="mean").items()}
+    accumulated_loss = terms.pop("_accumulated")
+    if not math.isfinite(accumulated_loss):  # an earlier micro-batch of this optimiser step went non-finite
+        terms["loss"] = accumulated_loss
+    return terms
+
+
 def _knn(run: Run, backbone: torch.nn.Module, splits: Any) -> float:
     from jef.evaluate import knn_evaluate
 
     options = run.pipeline.eval.knn
     return knn_evaluate(backbone, splits, run.augmenter.eval_view, k=options.k, temperature=options.temperature,
                         batch_size=options.batch_size, device=run.accelerator.device)
-
-
-@contextmanager
-def run_plugins(plugins: Plugins, objects: list[Any]):
-    """Register the run's components and monitors that implement hooks; unregister them afterwards."""
-    names = []
-    try:
-        for obj in objects:
-            if obj is not None and any(name.startswith("jef_") and callable(getattr(type(obj), name, None))
-                                       for name in dir(type(obj))):
-                names.append(plugins.manager.register(obj, name=f"run:{type(obj).__name__}:{id(obj)}"))
-        yield
-    finally:
-        for name in names:
-            plugins.manager.unregister(name=name)

@@ -120,3 +120,35 @@ def test_train_with_overrides_after_options_prints_knn(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["config", "show", str(path), "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+BUGGY_BACKBONE = """
+from jef import hookimpl
+
+@hookimpl
+def jef_register_backbones(register):
+    def build(options, ctx):
+        return None.out_dim  # a bug in the plugin
+    register("buggy", build)
+"""
+
+
+def test_a_component_that_fails_to_build_is_one_message_or_a_plugin_traceback(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    pipeline = tmp_path / "folder.yaml"
+    pipeline.write_text(f"method: simclr\ndata: {{name: image_folder, root: {missing}}}\n")
+    code, out, err = run_cli(capsys, "train", str(pipeline), "--run-dir", str(tmp_path / "run"), "--cpu")
+    assert code == 2 and "Traceback" not in err  # the user's input: a message only
+    assert err.startswith("jef: error: building dataset 'image_folder' from plugin builtin.datasets")
+    assert f"FileNotFoundError: image_folder: {missing} is not a directory" in err
+
+    plugin = tmp_path / "buggy.py"
+    plugin.write_text(BUGGY_BACKBONE)
+    buggy = tmp_path / "buggy.yaml"
+    buggy.write_text("method: simclr\ndata: {name: synthetic, train_size: 64}\nbackbone: {name: buggy}\n"
+                     "train: {batch_size: 16}\n")
+    code, out, err = run_cli(capsys, "--plugin", str(plugin), "train", str(buggy), "--run-dir", str(tmp_path / "b"),
+                             "--cpu")
+    assert code == 2
+    assert "Traceback" in err and "return None.out_dim" in err  # a bug in a plugin: where it is
+    assert err.rstrip().splitlines()[-1].startswith("jef: error: building backbone 'buggy' from plugin")

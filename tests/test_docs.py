@@ -510,7 +510,8 @@ def test_a_nan_loss_stops_the_run_as_documented(tmp_path):
     with pytest.raises(FloatingPointError) as error:
         tiny_run({"functionals": [{"name": "info_nce", "temperature": 0.5}, {"name": "nan_term"}]},
                  plugins=fresh_plugins(NanPlugin()), run_dir=tmp_path)
-    assert_documented("troubleshooting.md", "the loss is not finite", f"jef: error: {error.value}")
+    assert "non-finite 'nan_term'" in str(error.value)
+    assert_documented("troubleshooting.md", "non-finite", f"jef: error: {error.value}")
 
 
 def test_the_collapse_warning_is_as_documented():

@@ -8,7 +8,6 @@ pipeline can size the projector before seeing data.
 import attrs
 import torch
 from torch import Tensor, nn
-from torchvision import models
 
 from jef.components import RunContext
 from jef.hookspecs import hookimpl
@@ -59,6 +58,9 @@ def _resnet(arch: str, out_dim: int, options: ResNetOptions, ctx: RunContext) ->
     """
     if ctx.in_channels < 1:
         raise ValueError(f"{arch}: ctx.in_channels must be >= 1, got {ctx.in_channels}")
+    # Imported here: torchvision.models takes seconds to import, which every `jef` command and process would pay.
+    from torchvision import models
+
     # weights=None: nothing may be downloaded, and SSL pre-training starts from scratch anyway.
     model = getattr(models, arch)(weights=None, zero_init_residual=options.zero_init_residual)
     if options.small_images or ctx.in_channels != 3:

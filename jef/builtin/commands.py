@@ -38,16 +38,25 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a value of the file")
     parser.add_argument("--run-dir", help="directory for checkpoints and logs (default: run_dir or runs/<file>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    parser.add_argument("--force-resume", action="store_true",
+                        help="resume even though the pipeline differs from the checkpoint's (the differences are "
+                             "listed as a warning)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from jef.faults import RunInterrupted
     from jef.train import train
 
     _warn_broken(args.plugins)
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
-    metrics = train(pipeline, run_dir=args.run_dir, resume=args.resume, plugins=args.plugins,
-                    cpu=True if args.cpu else None)
+    resume = "force" if args.force_resume else args.resume
+    try:
+        metrics = train(pipeline, run_dir=args.run_dir, resume=resume, plugins=args.plugins,
+                        cpu=True if args.cpu else None)
+    except RunInterrupted as stopped:  # not an error: the job was asked to stop and saved its state
+        print(f"jef: {stopped}", file=sys.stderr)
+        return stopped.exit_status
     if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
         print(format_metrics(metrics))
     return 0

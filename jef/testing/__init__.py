@@ -6,6 +6,8 @@
 * :func:`tiny_run` -- the real training loop on CPU on tiny synthetic images,
   recording which hooks were called.
 * :func:`temporary_plugin` -- add a plugin to loaded plugins for a ``with`` block.
+* :func:`run_in_processes`, :func:`train_in_processes`, :func:`record_runs` -- jobs, tiny runs and recorded
+  tiny runs in several gloo processes (:mod:`jef.testing.distributed`).
 * Contract checks (:mod:`jef.testing.contracts`): :func:`check_energy`,
   :func:`check_functional`, :func:`check_functional_under_gather`,
   :func:`check_augmenter`, :func:`check_backbone`, :func:`check_head` and
@@ -31,7 +33,8 @@ from jef.hookspecs import hookimpl
 from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
 from jef.registry import closest
 from jef.testing.contracts import ContractError, build_component, check_component, check_energy, check_functional
-from jef.testing.distributed import run_in_processes, train_in_processes
+from jef.testing.distributed import record_runs, run_in_processes, train_in_processes
+from jef.testing.faults import train_killed_at
 from jef.testing.gather_contract import check_functional_under_gather
 from jef.testing.module_contracts import check_augmenter, check_backbone, check_head
 
@@ -41,6 +44,7 @@ __all__ = [
     "assert_learns",
     "installed_plugins",
     "InterruptAt",
+    "record_runs",
     "run_in_processes",
     "TINY_PIPELINE",
     "ContractError",
@@ -58,6 +62,7 @@ __all__ = [
     "temporary_plugin",
     "tiny_pipeline",
     "tiny_run",
+    "train_killed_at",
     "train_in_processes",
 ]
 
@@ -214,8 +219,8 @@ class TinyRunResult:
 
 
 def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_dir: str | Path | None = None,
-             plugins: Plugins | None = None, resume: bool = False) -> TinyRunResult:
-    """Run the real training loop on CPU for ``steps`` steps on tiny synthetic data.
+             plugins: Plugins | None = None, resume: bool | str = False, cpu: bool = True) -> TinyRunResult:
+    """Run the real training loop (on the CPU unless ``cpu=False``) for ``steps`` steps on tiny synthetic data.
 
     Args:
         pipeline: Overrides of :data:`TINY_PIPELINE`; with ``method``, of :data:`TINY_SETTINGS` only, so
@@ -223,7 +228,8 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
         steps: Optimiser steps (``train.max_steps``).
         run_dir: Where checkpoints and logs go (default: a new temporary directory).
         plugins: The plugins to use (default: :func:`fresh_plugins` with entry points).
-        resume: Continue from ``run_dir``'s checkpoint.
+        resume: Continue from ``run_dir``'s checkpoint (``"force"``: even with a changed pipeline).
+        cpu: Train on the CPU; False uses the GPU when there is one (GPU-only tests).
     """
     from jef.train import train
 
@@ -246,7 +252,7 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
 
     undo = plugins.manager.add_hookcall_monitoring(before, lambda *args: None)
     try:
-        metrics = train(validated, run_dir=directory, plugins=plugins, cpu=True, resume=resume)
+        metrics = train(validated, run_dir=directory, plugins=plugins, cpu=cpu or None, resume=resume)
     finally:
         undo()
     return TinyRunResult(metrics, called, directory)
