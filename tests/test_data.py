@@ -140,6 +140,7 @@ def test_image_folder_labelled(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     _write_pngs(tmp_path / "loose", 1, (8, 8))
     (tmp_path / "loose" / "0.png").rename(tmp_path / "loose.png")
+    (tmp_path / "loose").rmdir()  # an empty subdirectory is no class (tests/test_bad_images.py)
     with pytest.warns(UserWarning, match="1 images directly in"):
         splits = build_image_folder(FolderOptions(root=str(tmp_path), image_size=16), CTX)
     assert splits.num_classes == 2 and splits.train.classes == ["cats", "dogs"] and splits.test is None

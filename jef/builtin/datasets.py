@@ -28,6 +28,7 @@ def jef_register_datasets(register: Callable[..., None]) -> None:
     register("torchvision", build_torchvision, options=TorchvisionOptions,
              description="Any torchvision.datasets class by name (CIFAR10, STL10, SVHN, ...), decoded lazily")
     register("image_folder", build_image_folder, options=FolderOptions,
-             description="A folder of images: subfolders as classes, or flat and unlabelled; resized on load")
+             description="A folder of images: subfolders as classes, or flat and unlabelled; resized on load; "
+                         "unreadable files skipped and listed in the run directory (on_bad_image)")
     register("synthetic", build_synthetic, options=SyntheticOptions,
              description="Procedural texture classes (stripes, dots, rings, ...) for tests and quick CPU runs")

@@ -8,6 +8,7 @@ items index into, which is fast and pickles cheaply to DataLoader workers.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,29 +94,97 @@ def make_splits(train: Dataset, test: Dataset | None, *, num_classes: int | None
                       image_size=image_size, name=name)
 
 
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises for an image file it cannot read or decode.
+
+    ``OSError`` covers missing permissions, truncated data and
+    ``UnidentifiedImageError`` (not an image); fuzzing PNG, JPEG, GIF, TIFF,
+    WebP, BMP and PPM files also gave ``SyntaxError`` (broken PNG chunks),
+    ``ValueError`` (malformed PPM headers) and ``DecompressionBombError`` (a
+    damaged header announcing a huge image; not an ``OSError``). ``EOFError``
+    and ``struct.error`` come from the readers of short headers.
+    """
+    from PIL import Image
+
+    return OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError
+
+
+class ImageModeError(ValueError):
+    """A decoded image whose colour mode jef cannot convert to greyscale or RGB."""
+
+
+#: Colour modes with an alpha channel (premultiplied ``La``/``RGBa`` included).
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def _high_depth_to_8bit(img: Any) -> Any:
+    """An ``L`` image from a 16-bit, 32-bit integer or float greyscale image.
+
+    PIL's own ``convert("L")`` clips these values at 255, which turns almost
+    every 16-bit image white; here they are scaled instead: ``I;16*`` images by
+    ``1/257`` (65535 -> 255), ``I`` images the same way unless all values fit
+    in 8 bits, and ``F`` images by 255 when their values lie in ``[0, 1]``
+    (clipped to ``[0, 255]`` otherwise; NaN becomes 0).
+    """
+    from PIL import Image
+
+    values = np.asarray(img)
+    if img.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+    else:
+        values = values.astype(np.int64).clip(0, 65535)
+        if img.mode.startswith("I;16") or (values.size and values.max() > 255):
+            values = values / 257.0
+    return Image.fromarray(np.round(values).clip(0, 255).astype(np.uint8), "L")
+
+
 def pil_to_uint8(img: Any, channels: int, image_size: int | None) -> Tensor:
     """Convert a PIL image to a uint8 tensor ``[channels, S, S]``.
 
+    Any colour mode becomes greyscale or RGB: transparent pixels (alpha
+    channels, transparent palette entries) are composited onto black, 16-bit
+    and float greyscale is scaled to 8 bits (see :func:`_high_depth_to_8bit`),
+    CMYK, YCbCr, HSV and LAB are converted to RGB, and RGB images become
+    greyscale with ITU-R 601-2 luma (PIL's ``L``).
+
     With ``image_size`` the shorter side is resized to it and the centre
-    cropped (the usual evaluation resize); without it only the colour mode
-    is converted and the image keeps its size.
+    cropped (the usual evaluation resize); images smaller than that are
+    upscaled (bicubic), so even a 1x1 or 1x500 image gives a full square.
+    Without ``image_size`` only the colour mode is converted and the image
+    keeps its size.
 
     Args:
         img: A ``PIL.Image.Image``.
         channels: 1 (greyscale, ``L``) or 3 (``RGB``).
         image_size: Side of the output, or None to keep the image's size.
+
+    Raises:
+        ImageModeError: A colour mode PIL cannot convert (named in the message).
     """
     from PIL import Image, ImageOps
 
     mode = "L" if channels == 1 else "RGB"
-    if img.mode != mode:
-        # Palette / alpha images go through RGBA so transparency becomes
-        # black consistently instead of whatever the palette index maps to.
-        if img.mode in ("P", "PA", "LA", "RGBA") and mode == "RGB":
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(background, img)
-        img = img.convert(mode)
+    source = img.mode
+    try:
+        if img.mode.startswith("I") or img.mode == "F":
+            img = _high_depth_to_8bit(img)
+        if img.mode == "LAB":  # PIL's convert() has no LAB -> RGB; littleCMS does
+            from PIL import ImageCms
+
+            lab_to_srgb = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                                  "LAB", "RGB")
+            img = ImageCms.applyTransform(img, lab_to_srgb)
+        if img.mode == "La":  # premultiplied alpha: PIL converts it to LA only
+            img = img.convert("LA")
+        if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+            # Transparent pixels become black whatever colour they hide, in both greyscale and RGB.
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
+        if img.mode != mode:
+            img = img.convert(mode)
+    except (ValueError, ImportError) as err:  # "conversion from X to Y not supported"; ImageCms missing
+        raise ImageModeError(f"cannot convert a {source} image to {mode}: {err}") from err
     if image_size is not None and img.size != (image_size, image_size):
         img = ImageOps.fit(img, (image_size, image_size), method=Image.Resampling.BICUBIC)
     array = np.asarray(img, dtype=np.uint8)

@@ -12,6 +12,7 @@ References:
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import attrs
@@ -84,7 +85,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if data[:2] == _GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:  # bad CRC, cut short, damaged deflate data
             raise IdxFormatError(f"{path}: corrupt gzip stream ({err}); download the file again") from err
     return parse_idx(data, str(path))
 
@@ -128,6 +129,8 @@ def images_from_idx(array: np.ndarray, source: str, *, channels_last: bool = Tru
         array = array.transpose(0, 3, 1, 2)
     elif array.ndim != 4:
         raise ValueError(f"{source}: images must be 3-d [N, H, W] or 4-d, found shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{source}: the file holds no images (shape {array.shape})")
     if array.shape[2] != array.shape[3]:
         raise ValueError(f"{source}: images are {array.shape[2]}x{array.shape[3]}; jef expects square images "
                          "(crop them, or use the image_folder dataset which resizes)")
@@ -196,6 +199,12 @@ def build_idx(options: IdxOptions, ctx: RunContext) -> DataSplits:
     num_classes = options.num_classes
     if num_classes is None and train.labels is not None:
         num_classes = int(train.labels.max()) + 1
+    for split, file in ((train, options.labels), (test, options.test_labels)):
+        if split is not None and split.labels is not None and num_classes is not None:
+            low, high = int(split.labels.min()), int(split.labels.max())
+            if low < 0 or high >= num_classes:
+                raise ValueError(f"idx dataset: labels in {file} range over [{low}, {high}], outside the "
+                                 f"{num_classes} classes [0, {num_classes - 1}]; check the file or num_classes")
     return make_splits(train, test, num_classes=num_classes, channels=train.images.shape[1],
                        image_size=train.images.shape[2], name=f"idx:{Path(options.images).name}",
                        subset_train=options.subset_train, subset_test=options.subset_test)

@@ -12,6 +12,8 @@ References:
 
 import difflib
 import inspect
+import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from jef.components import DataSplits, RunContext
-from jef.data.base import make_splits, pil_to_uint8
+from jef.data.base import decode_errors, make_splits, pil_to_uint8
 
 
 def dataset_classes() -> dict[str, type]:
@@ -106,7 +108,12 @@ class TorchvisionImages(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
-        img, target = self.dataset[index][:2]
+        try:  # sets stored as image files (Flowers102, Caltech101, ...) decode them here
+            img, target = self.dataset[index][:2]
+        except decode_errors() as err:
+            raise OSError(f"torchvision dataset {self.name}: item {index} cannot be read: {type(err).__name__}: "
+                          f"{err}; if a file under the data root is damaged, delete it and download again, or use "
+                          "the image_folder dataset, which can skip unreadable images") from err
         if target is None:
             label = -1
         else:
@@ -154,10 +161,13 @@ def _instantiate(cls: type, root: str, split: str, download: bool) -> Dataset:
         kwargs["download"] = download
     try:
         return cls(root, **kwargs)
-    except (RuntimeError, FileNotFoundError, OSError) as err:
-        fix = "set download: true to fetch it" if not download else "check the network and the root directory"
-        raise RuntimeError(f"torchvision dataset {cls.__name__}: cannot load split {split!r} from {root}: {err} "
-                           f"({fix}, or set root to where the data is)") from err
+    # RuntimeError: torchvision's "Dataset not found or corrupted" and tensors of the wrong size; the others come
+    # from truncated or damaged files (pickled CIFAR batches, IDX headers, binary STL10 arrays).
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, struct.error) as err:
+        missing = "set download: true to fetch them" if not download else "check the network and the root directory"
+        raise RuntimeError(f"torchvision dataset {cls.__name__}: cannot load split {split!r} from {root}: "
+                           f"{type(err).__name__}: {err} (missing files: {missing}; damaged or incomplete ones: "
+                           "delete them and download again; or set root to where the data is)") from err
 
 
 def build_torchvision(options: TorchvisionOptions, ctx: RunContext) -> DataSplits:
