@@ -66,7 +66,9 @@ class OptimizerOptions:
     )
     momentum: float = attrs.field(default=0.9, validator=[v.ge(0.0), v.lt(1.0)], metadata=doc("SGD/LARS momentum"))
     weight_decay: float = attrs.field(default=1e-6, validator=v.ge(0.0), metadata=doc("weight decay"))
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), metadata=doc("AdamW betas"))
+    betas: tuple[float, float] = attrs.field(
+        default=(0.9, 0.999), validator=v.deep_iterable(member_validator=[v.ge(0.0), v.lt(1.0)]),
+        metadata=doc("AdamW betas"))
     trust_coefficient: float = attrs.field(default=0.001, validator=v.gt(0.0), metadata=doc("LARS trust coefficient η"))
     exclude_norm_and_bias: bool = attrs.field(
         default=True, metadata=doc("no weight decay or LARS adaptation on norms and biases")
@@ -83,7 +85,9 @@ class ScheduleOptions:
     """Learning-rate schedule: linear warm-up, then cosine decay (Loshchilov & Hutter, SGDR, arXiv:1608.03983)."""
 
     name: Literal["cosine", "constant"] = attrs.field(default="cosine", metadata=doc("cosine | constant after warm-up"))
-    warmup_epochs: float = attrs.field(default=0.0, validator=v.ge(0.0), metadata=doc("linear warm-up length"))
+    # The upper bound only catches typos (1.0e+300) before the schedule turns them into an overflow.
+    warmup_epochs: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1e6)],
+                                       metadata=doc("linear warm-up length"))
     final_lr_ratio: float = attrs.field(
         default=0.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("final lr / peak lr")
     )
@@ -112,7 +116,8 @@ class TrainOptions:
         default=None, validator=v.optional(v.ge(1)),
         metadata=doc("also checkpoint every this many steps (long epochs on preemptible machines)"))
     sync_bn: bool = attrs.field(
-        default=False, metadata=doc("BatchNorm statistics over the global batch, across processes (SyncBN)"))
+        default=False, metadata=doc("BatchNorm statistics over the global batch, across processes (SyncBN; "
+                                    "not in a shuffle_bn key encoder, whose groups are the processes)"))
     on_nonfinite: Literal["stop", "skip"] = attrs.field(
         default="stop", metadata=doc("a NaN/inf loss: stop keeping the last good checkpoint | skip the step"))
     tensorboard: bool = attrs.field(default=True, metadata=doc("write TensorBoard events"))

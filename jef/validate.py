@@ -6,7 +6,9 @@ what was found and, for misspellings, the closest valid key.
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -30,9 +32,16 @@ class ConfigError(ValueError):
         return ConfigError(self.reason, path=self.path, source=source)
 
 
+#: Integers a pipeline may hold: jef hands them to torch and numpy, which take 64-bit integers.
+INT_LIMIT = 2**63
+
+
 def join(path: str, key: str | int) -> str:
     """``join("train", "lr") == "train.lr"``; list indices are written as ``functionals.0``."""
-    return f"{path}.{key}" if path else str(key)
+    text = key if isinstance(key, str) else short(key)
+    if len(text) > 60:  # a pasted blob as a key
+        text = f"{text[:45]}...{text[-10:]}"
+    return f"{path}.{text}" if path else text
 
 
 def build_options(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
@@ -44,16 +53,16 @@ def build_options(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     """
     data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping of options, got {_describe(data)}", path=path)
+        raise ConfigError(f"expected a mapping of options, got {describe(data)}", path=path)
     _resolve(cls)
-    fields = {field.name: field for field in attrs.fields(cls)}
+    fields = {field.name: field for field in attrs.fields(cls) if field.init}
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            hint = closest(str(key), list(fields))
+            hint = closest(key, list(fields)) if isinstance(key, str) else None
             suggestion = f"; did you mean {hint!r}?" if hint else ""
             valid = ", ".join(fields) or "none"
-            raise ConfigError(f"unknown key {key!r}{suggestion} (valid keys: {valid})", path=join(path, key))
+            raise ConfigError(f"unknown key {short(key)}{suggestion} (valid keys: {valid})", path=join(path, key))
         kwargs[key] = coerce(value, fields[key].type, join(path, key))
     missing = [name for name, field in fields.items()
                if field.default is attrs.NOTHING and name not in kwargs]
@@ -78,21 +87,25 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
             try:
                 return coerce(value, option, path)
             except ConfigError as error:
-                errors.append(error)
-        raise ConfigError(f"expected {_type_name(annotation)}, got {_describe(value)}", path=path)
+                errors.append((option, error))
+        # A value of the right kind but a bad content (nan in `float | None`) is best told by that option.
+        for option, error in errors:
+            if _same_kind(option, value):
+                raise error
+        raise ConfigError(f"expected {_type_name(annotation)}, got {describe(value)}", path=path)
     if origin is typing.Literal:
-        if value in args:
+        if isinstance(value, str | int | float | bool | None) and value in args:
             return value
-        hint = closest(str(value), [str(a) for a in args])
-        raise ConfigError(f"expected one of {', '.join(map(repr, args))}, got {value!r}"
+        hint = closest(value, [str(a) for a in args]) if isinstance(value, str) else None
+        raise ConfigError(f"expected one of {', '.join(map(repr, args))}, got {short(value)}"
                           + (f"; did you mean {hint!r}?" if hint else ""), path=path)
     if annotation is type(None):
         if value is None:
             return None
-        raise ConfigError(f"expected null, got {_describe(value)}", path=path)
+        raise ConfigError(f"expected null, got {describe(value)}", path=path)
     if origin in (list, tuple) or annotation in (list, tuple):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"expected a list ({_type_name(annotation)}), got {_describe(value)}", path=path)
+            raise ConfigError(f"expected a list ({_type_name(annotation)}), got {describe(value)}", path=path)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"expected a list of {len(args)} values, got {len(value)}", path=path)
@@ -102,18 +115,20 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
         return tuple(items) if (origin is tuple or annotation is tuple) else items
     if origin in (dict, Mapping) or annotation in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"expected a mapping, got {_describe(value)}", path=path)
+            raise ConfigError(f"expected a mapping, got {describe(value)}", path=path)
         return dict(value)
     if isinstance(annotation, type) and attrs.has(annotation):
         return build_options(annotation, value, path)
     if annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return _finite(value, path)
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= INT_LIMIT:
+                raise ConfigError(f"expected an integer that fits in 64 bits, got {describe(value)}", path=path)
+            return value
     elif annotation is bool:
         if isinstance(value, bool):
             return value
@@ -125,7 +140,53 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
             return value
     else:
         return value
-    raise ConfigError(f"expected {_type_name(annotation)}, got {_describe(value)}", path=path)
+    raise ConfigError(f"expected {_type_name(annotation)}, got {describe(value)}{_number_hint(annotation, value)}",
+                      path=path)
+
+
+def _same_kind(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` has the outer shape ``annotation`` asks for (its content may still be wrong)."""
+    origin = typing.get_origin(annotation)
+    if value is None or annotation is type(None):
+        return False
+    if origin is typing.Literal:
+        return any(type(value) is type(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin in (dict, Mapping) or annotation in (dict, Mapping) or (
+            isinstance(annotation, type) and attrs.has(annotation)):
+        return isinstance(value, Mapping)
+    if annotation in (int, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(annotation, type) and isinstance(value, annotation)
+
+
+def _finite(value: int | float, path: str) -> float:
+    """``value`` as a finite float: NaN, infinities and integers beyond float range are mistakes, not settings."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"expected a finite number, got {describe(value)}; write an ordinary number "
+                          f"such as 0.1 or 1.0e-6", path=path)
+    return number
+
+
+def _number_hint(annotation: Any, value: Any) -> str:
+    """YAML 1.1 reads ``1e-6`` (no dot) as a string: say how to write the number."""
+    if annotation not in (int, float) or not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    match = re.fullmatch(r"\s*([+-]?\d+)([eE][+-]?\d+)\s*", value)
+    if match and annotation is float:
+        return f"; YAML reads an exponent without a dot as text: write {match.group(1)}.0{match.group(2)}"
+    if match:
+        return "; write the integer in digits, e.g. 1000"
+    return "; write it without quotes to make it a number" if math.isfinite(number) else ""
 
 
 def to_plain(options: Any) -> Any:
@@ -154,11 +215,33 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def _describe(value: Any) -> str:
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # Python refuses to print integers of more than 4300 digits (YAML's 0x... reaches them cheaply).
+        if x.bit_length() > 14_000:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+        if x.bit_length() > 128:
+            return f"<an integer of {len(str(abs(x)))} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 40, 40, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+
+
+def short(value: Any) -> str:
+    """``repr(value)`` cut to a readable length; safe on recursive or alias-expanded YAML data."""
+    return _SHORT.repr(value)
+
+
+def describe(value: Any) -> str:
+    """``str 'ten'``, ``list [1, 2]``, ``null``: a value as an error message shows it."""
     if value is None:
         return "null"
-    shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
-    return f"{type(value).__name__} {shown}"
+    if isinstance(value, int) and value.bit_length() > 128:
+        return short(value)[1:-1]
+    return f"{type(value).__name__} {short(value)}"
 
 
 def _validator_message(error: Exception) -> str:
@@ -168,12 +251,20 @@ def _validator_message(error: Exception) -> str:
     if match:
         reason, value = match.group(2), match.group(3)
         if len(error.args) >= 4:
-            value = repr(error.args[-1])
-        return f"{reason}, got {value}" if value is not None else reason
+            value = short(error.args[-1])
+        if value is None or re.search(r"\bgot\b", reason):  # the validator already shows the value
+            return reason
+        return f"{reason}, got {value}"
+    match = re.match(r"^Length of '(\w+)' (.*?): (.*)$", text, re.DOTALL)  # attrs' min_len / max_len
+    if match:
+        return f"length {match.group(2)}, got {match.group(3)}"
     return text
 
 
 def _validator_path(error: Exception, path: str) -> str:
+    """The offending field: attrs validators pass it as their second argument, or name it in the message."""
+    if len(error.args) >= 2 and isinstance(error.args[1], attrs.Attribute):
+        return join(path, error.args[1].name)
     text = str(error.args[0]) if error.args else ""
-    match = re.match(r"^'(\w+)' ", text)
+    match = re.match(r"^(?:Length of )?'(\w+)' ", text)
     return join(path, match.group(1)) if match else path

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 import textwrap
+from pathlib import Path
 
+import attrs
 import pytest
 
 from jef import hookimpl
+from jef.cli import main
 from jef.config import apply_overrides, load_pipeline, merge, resolve
 from jef.plugins import load_plugins
 from jef.validate import ConfigError
@@ -24,6 +29,20 @@ class _RecipePlugin:
                          "energy": {"name": "scaled_cosine", "temperature": 0.3},
                          "functionals": [{"name": "info_nce", "temperature": 0.3}],
                          "train": {"batch_size": 64}})
+
+    @hookimpl
+    def jef_register_energies(self, register):
+        register("fragile", lambda options, ctx: None, options=_FragileOptions)
+
+
+@attrs.frozen
+class _FragileOptions:
+    """An options class with a bug: a lookup its validators should have guarded."""
+
+    mode: str = "a"
+
+    def __attrs_post_init__(self):
+        {"a": 1}[self.mode]
 
 
 def write(tmp_path, text):
@@ -143,3 +162,210 @@ def test_resolved_pipeline_round_trips(registry):
 def test_override_of_a_slot_name_replaces_the_slot(registry):
     pipeline = resolve({"method": "toy"}, ["backbone.name=resnet18", "method=toy"], registry=registry)
     assert pipeline.backbone.name == "resnet18" and not hasattr(pipeline.backbone.options, "width")
+
+
+# -- malformed files: each ends in one clear message naming the file -----------------------
+
+
+def raw_error_of(tmp_path, registry, raw: bytes, overrides=()):
+    path = tmp_path / "pipeline.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(path, list(overrides), registry=registry)
+    return str(error.value).replace(str(path), "FILE")
+
+
+def test_invalid_yaml_gives_line_column_and_the_line(tmp_path, registry):
+    message = raw_error_of(tmp_path, registry, b"method: toy\ntrain: {epochs: 1\nseed: 3\n")
+    assert message == ("FILE: invalid YAML at line 3, column 5: expected ',' or '}', but got ':' "
+                       "(is the '{' at line 2, column 8 left unclosed?)\n    seed: 3\n        ^")
+    message = raw_error_of(tmp_path, registry, b"method: toy\ntrain:\n\tepochs: 1\n")
+    assert message.startswith("FILE: invalid YAML at line 3, column 1: found character '\\t' that cannot start any "
+                              "token; YAML indents with spaces, not tabs")
+
+
+def test_python_tags_are_refused_not_run(tmp_path, registry, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = raw_error_of(tmp_path, registry,
+                           b"method: toy\nbackbone: !!python/object/apply:os.system ['touch marker']\n")
+    assert message.startswith("FILE: invalid YAML at line 2, column 11: could not determine a constructor for the tag "
+                              "'!!python/object/apply:os.system'; pipeline files hold plain data and are read with "
+                              "yaml.safe_load, which refuses Python objects and custom tags: remove the tag")
+    assert not (tmp_path / "marker").exists()
+
+
+def test_duplicate_keys_are_refused(tmp_path, registry):
+    message = raw_error_of(tmp_path, registry, b"method: toy\ntrain: {epochs: 2, epochs: 3}\n")
+    assert message.startswith("FILE: invalid YAML at line 2, column 20: found duplicate key 'epochs' (first at line 2)")
+    # A merge key is no duplicate: the keys after it override the merged ones, as YAML says.
+    path = write(tmp_path, "base: &base {epochs: 2}\n")
+    path.write_text("method: toy\ntrain: {<<: {epochs: 2, batch_size: 32}, epochs: 3}\n")
+    train = load_pipeline(path, registry=registry).train
+    assert (train.epochs, train.batch_size) == (3, 32)
+
+
+def test_a_missing_file_and_a_directory(tmp_path, registry):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(tmp_path / "missing.yaml", registry=registry)
+    assert str(error.value) == f"{tmp_path / 'missing.yaml'}: cannot read pipeline file: No such file or directory; " \
+                               f"check the path"
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(tmp_path, registry=registry)
+    assert str(error.value) == f"{tmp_path}: cannot read pipeline file: it is a directory; pass a pipeline YAML file " \
+                               f"(a run directory keeps its own as pipeline.yaml)"
+
+
+def test_a_file_that_is_not_utf8(tmp_path, registry):
+    message = raw_error_of(tmp_path, registry, "method: toy\nseed: 1  # café\n".encode("latin-1"))
+    assert message == ("FILE: not UTF-8 text: byte 0xe9 at line 2 cannot be decoded; a pipeline is a YAML text file: "
+                       "save it as UTF-8 (is this the right file?)")
+    message = raw_error_of(tmp_path, registry, b"method: toy\x00\n")
+    assert message.startswith("FILE: invalid YAML at line 1, column 12: character U+0000 is not allowed in YAML")
+
+
+def test_an_empty_file(tmp_path, registry):
+    for text in (b"", b"# nothing but a comment\n"):
+        message = raw_error_of(tmp_path, registry, text)
+        assert message == ("FILE: the file is empty (or holds only comments); a pipeline names at least its method, "
+                           "e.g. `method: simclr` (`jef list method` lists them)")
+    # Overrides can still say everything.
+    assert load_pipeline(tmp_path / "pipeline.yaml", ["method=toy"], registry=registry).method.name == "toy"
+
+
+def test_a_top_level_that_is_not_a_mapping(tmp_path, registry):
+    assert raw_error_of(tmp_path, registry, b"- method: toy\n") == (
+        "FILE: a pipeline file must be a mapping of slots such as `method: simclr`, got list [{'method': 'toy'}]")
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train..epochs=1", "override 'train..epochs=1' must look like key.path=value, e.g. train.optimizer.lr=0.1 or "
+                        "functionals.0.temperature=0.2"),
+    ("=3", "override '=3' must look like key.path=value"),
+    ("train.epochs=[1", "override 'train.epochs=[1': value is not valid: invalid YAML at line 1, column 3: "
+                        "expected ',' or ']', but got '<stream end>'"),
+    ("method.x=1", "override 'method.x=1': cannot set 'x' inside method, which is str 'toy', not a mapping"),
+    ("train.epochs=!!python/object/apply:os.system [x]", "value is not valid: invalid YAML at line 1, column 1: "
+                                                         "could not determine a constructor for the tag"),
+    ("train.optimizer.lr=.nan", "train.optimizer.lr: expected a finite number, got float nan"),
+])
+def test_override_syntax_errors(tmp_path, registry, override, expected):
+    message, path = error_of(tmp_path, registry, "method: toy\n", [override])
+    assert message.startswith(f"{path}: ") and expected in message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("train: {optimizer: {lr: .nan}}", "train.optimizer.lr: expected a finite number, got float nan; "
+                                       "write an ordinary number such as 0.1 or 1.0e-6"),
+    ("train: {optimizer: {lr: .inf}}", "train.optimizer.lr: expected a finite number, got float inf"),
+    ("train: {clip_grad_norm: -.inf}", "train.clip_grad_norm: expected a finite number, got float -inf"),
+    ("train: {optimizer: {lr: " + "9" * 400 + "}}",
+     "train.optimizer.lr: expected a finite number, got an integer of 400 digits"),
+    ("train: {max_steps: .nan}", "train.max_steps: expected an integer, got float nan"),
+    ("train: {epochs: 1.0e+400}", "train.epochs: expected an integer, got float inf"),
+    ("train: {epochs: 99999999999999999999999}", "train.epochs: expected an integer that fits in 64 bits"),
+    ("energy: {weight: .nan}", "energy.weight: expected a loss weight, a finite number >= 0, got float nan"),
+    ("functionals: [{name: info_nce, weight: -1}]", "functionals.0.weight: expected a loss weight, a finite number "
+                                                   ">= 0, got int -1"),
+    ("backbone: {width: .inf}", "backbone.width: expected an integer, got float inf"),
+    ("seed: -1", "seed: expected an integer from 0 to 4294967295, got int -1"),
+    ("train: {optimizer: {lr: 1e-3}}", "train.optimizer.lr: expected a number, got str '1e-3'; YAML reads an "
+                                       "exponent without a dot as text: write 1.0e-3"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(tmp_path, registry, text, expected):
+    message, path = error_of(tmp_path, registry, f"method: toy\n{text}\n")
+    assert message.startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize(("train", "expected"), [
+    ({"optimizer": {"name": "adamw", "betas": [0.9, 1.5]}}, "train.optimizer.betas: must be < 1.0, got 1.5"),
+    ({"optimizer": {"fixed_lr_predictor": True}}, "train.optimizer.fixed_lr_predictor: true, but the pipeline has "
+                                                  "no predictor; set it to false or add a predictor"),
+    ({"scheduler": {"warmup_epochs": 1.0e300}}, "train.scheduler.warmup_epochs: must be <= 1000000.0, got 1e+300"),
+])
+def test_values_that_would_fail_when_the_optimiser_is_built_are_refused_up_front(registry, train, expected):
+    with pytest.raises(ConfigError) as error:
+        resolve({"method": "toy", "train": train}, source="p.yaml", registry=registry)
+    assert str(error.value) == f"p.yaml: {expected}"
+
+
+def test_a_method_recipe_file_is_read_like_a_pipeline(tmp_path):
+    from jef.registry import Provenance, Registry
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("energy: {name: mse}\nenergy: {name: cosine}\n")
+    register = Registry().register_callable("method", Provenance("myplugin"))
+    with pytest.raises(ValueError) as error:
+        register("mine", recipe)
+    assert str(error.value).startswith(f"plugin myplugin: method 'mine': cannot read recipe: {recipe}: invalid YAML "
+                                       f"at line 2, column 1: found duplicate key 'energy' (first at line 1)")
+
+
+def test_validator_messages_name_the_key_once(tmp_path, registry):
+    message, path = error_of(tmp_path, registry, "method: toy\nprojector: {dims: []}\n")
+    assert message == f"{path}: projector.dims: length must be >= 1, got 0"
+    message, path = error_of(tmp_path, registry, "method: toy\naugmenter: {scale: [0.9, 0.2]}\n")
+    assert message == (f"{path}: augmenter.scale: must be a pair (low, high) with low <= high, low > 0.0 and "
+                       f"high <= 1.0, got [0.9, 0.2]")
+
+
+def test_aliases_that_loop_or_explode_are_refused(tmp_path, registry):
+    message = raw_error_of(tmp_path, registry, b"method: toy\ntrain: &t {epochs: 1, optimizer: *t}\n")
+    assert message == ("FILE: train.optimizer: an alias refers to a value that contains it (a recursive structure); "
+                       "a pipeline cannot contain itself")
+    laughs = "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    message = raw_error_of(tmp_path, registry, f"{laughs}method: *l8\n".encode())
+    assert message == "FILE: more than 10000 values (counting every use of an alias); a pipeline holds a few hundred"
+
+
+def test_a_bug_in_a_plugins_options_class_names_the_slot_and_plugin(registry):
+    with pytest.raises(ConfigError) as error:
+        resolve({"method": "toy", "energy": {"name": "fragile", "mode": "b"}}, source="p.yaml", registry=registry)
+    assert str(error.value) == ("p.yaml: energy: the options class of energy 'fragile' from plugin recipes failed on "
+                                "these options with KeyError: 'b'; check the values against `jef list energy` and "
+                                "report the message to the plugin's authors")
+    assert isinstance(error.value.__cause__, KeyError)
+
+
+def test_failing_train_on_a_bad_pipeline_leaves_the_run_directory_alone(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    before = {}
+    for name in ("pipeline.yaml", "checkpoint.pt", "metrics.jsonl"):
+        (run_dir / name).write_bytes(f"earlier run's {name}".encode())
+        os.utime(run_dir / name, (1_000_000, 1_000_000))
+        before[name] = (run_dir / name).read_bytes()
+    bad = tmp_path / "bad.yaml"
+    for text, overrides in (("method: simclr\ntrain: {epochs: 1\n", []),
+                            ("method: simclr\ntrain: {optimizer: {lr: .nan}}\n", []),
+                            ("method: simclr\n", ["train.epochs=0"])):
+        bad.write_text(text)
+        for resume in ([], ["--resume"]):
+            code = main(["train", str(bad), "--run-dir", str(run_dir), "--cpu", *resume, *overrides])
+            err = capsys.readouterr().err
+            assert code == 2 and err.startswith(f"jef: error: {bad}: ") and "Traceback" not in err
+            assert sorted(p.name for p in run_dir.iterdir()) == sorted(before)
+            for name, content in before.items():
+                assert (run_dir / name).read_bytes() == content
+                assert (run_dir / name).stat().st_mtime == 1_000_000
+
+
+def _documented_pairs() -> list[tuple[str, str]]:
+    """(file, message) text-block pairs of the "Reading pipeline errors" section of docs/pipelines.md."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "pipelines.md").read_text(encoding="utf-8")
+    section = page.split("## Reading pipeline errors", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```text\n(.*?)```", section, re.DOTALL)
+    return [(blocks[i], blocks[i + 1]) for i in range(len(blocks) - 1)
+            if blocks[i + 1].startswith("jef: error: pipeline.yaml") and not blocks[i].startswith("jef: error:")]
+
+
+def test_the_documented_syntax_errors_are_the_real_ones(tmp_path, monkeypatch):
+    pairs = _documented_pairs()
+    assert len(pairs) >= 3
+    monkeypatch.chdir(tmp_path)
+    plugins = load_plugins()
+    for text, documented in pairs:
+        Path("pipeline.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as error:
+            load_pipeline("pipeline.yaml", registry=plugins.registry)
+        assert f"jef: error: {error.value}" == documented.rstrip("\n")
