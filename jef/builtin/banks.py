@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from jef import dist
 from jef.components import RunContext, StepOutputs
-from jef.functional._checks import normalize
+from jef.functional._checks import full_precision, normalize
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser
 from jef.hookspecs import hookimpl
 
@@ -124,7 +124,10 @@ class MemoryBank(nn.Module):
         else:
             own = self.bank[indices]
             noise = self.bank[self._noise_rows()]
-            similarities = [((f * own.to(f.dtype)).sum(dim=1), f @ noise.to(f.dtype).T) for f in features]
+            # In float32 also under autocast: a bfloat16 product rounds each similarity by up to ~4e-3, which τ = 0.07
+            # turns into ~0.06 in the logit, and Z (estimated from these on the first batch) is kept for the run.
+            with full_precision(features[0]):
+                similarities = [((f * own.to(f.dtype)).sum(dim=1), f @ noise.to(f.dtype).T) for f in features]
             if not bool(self.normaliser_set):
                 self._set_normaliser(torch.cat([s for _, s in similarities]))
             main = torch.stack([nce_loss(s, noise_s, self.temperature, self.normaliser, self.size,

@@ -3,10 +3,15 @@
 No state, no distributed communication: the registered components in
 :mod:`jef.builtin.energies` and :mod:`jef.builtin.functionals` wrap these and
 add the gathering over processes. Inputs are ``[N, d]`` embeddings; shapes are
-checked with messages that name the function and the argument. Half-precision
-inputs are computed in float32.
+checked with messages that name the function and the argument.
+
+Precision: every function here computes in at least float32, with autocast
+disabled, and returns float32 for float16/bfloat16 inputs (normalisation,
+log-sum-exp, softmax and batch statistics lose too much or overflow in half
+precision); see the documentation's "Mixed precision" page.
 """
 
+from jef.functional._checks import normalize as l2_normalize
 from jef.functional.contrastive import cosine_similarity_matrix, info_nce, info_nce_denominator, nt_xent
 from jef.functional.energies import cosine_distance, cosine_similarity, mse, scaled_cosine, soft_cross_entropy
 from jef.functional.sinkhorn import sinkhorn_knopp
@@ -17,6 +22,7 @@ __all__ = [
     "cosine_similarity_matrix",
     "info_nce",
     "info_nce_denominator",
+    "l2_normalize",
     "mse",
     "nt_xent",
     "scaled_cosine",

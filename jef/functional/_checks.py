@@ -78,7 +78,14 @@ def upcast(x: Tensor) -> Tensor:
 
 
 def normalize(x: Tensor) -> Tensor:
-    """L2-normalise rows in at least float32 with an underflow-safe eps."""
+    """ℓ2-normalise the rows of ``x`` (public as :func:`jef.functional.l2_normalize`).
+
+    Computed in at least float32, so float16/bfloat16 inputs give float32
+    unit rows, with the norm floored at :data:`NORM_EPS` (an all-zero row
+    stays zero instead of becoming NaN). Use it wherever an embedding is
+    normalised under mixed precision: ``F.normalize`` on a float16 tensor
+    applies its floor in float16, where 1e-12 is 0.
+    """
     return F.normalize(upcast(x), dim=-1, eps=NORM_EPS)
 
 

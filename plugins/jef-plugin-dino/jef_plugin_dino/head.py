@@ -32,13 +32,13 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 from attrs import validators as v
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from jef import hookimpl
 from jef.components import RunContext
+from jef.functional import l2_normalize
 
 __all__ = ["DinoHead", "DinoHeadOptions", "build_dino_head"]
 
@@ -130,9 +130,8 @@ class DinoHead(nn.Module):
 
     def bottleneck(self, x: Tensor) -> Tensor:
         """The ℓ2-normalised bottleneck ``[B, bottleneck_dim]`` (float32 or wider) of ``[B, in_dim]`` inputs."""
-        y = self.mlp(x)
-        # Normalise in at least float32: under fp16 autocast the default eps would underflow to zero.
-        return F.normalize(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y, dim=-1)
+        # In at least float32: under fp16 autocast F.normalize's eps would underflow to zero (NaN for a zero row).
+        return l2_normalize(self.mlp(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``[B, in_dim]`` to ``[B, out_dim]`` logits."""

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from jef import dist, hookimpl
 from jef.components import RunContext, StepOutputs
-from jef.functional import sinkhorn_knopp
+from jef.functional import l2_normalize, sinkhorn_knopp
 
 __all__ = ["SinkhornAssignment", "SinkhornOptions", "build_sinkhorn"]
 
@@ -77,11 +77,6 @@ class SinkhornOptions:
                       "a multiple of the global batch size (SwAV at batch 256: 3840)"))
     queue_start_epoch: int = attrs.field(default=15, validator=v.ge(0),
                                          metadata=_doc("epoch (0-based) from which the queue is filled"))
-
-
-def _unit(x: Tensor) -> Tensor:
-    """ℓ2-normalised rows, in float32 for half-precision inputs (a 1e-8 floor underflows in float16)."""
-    return F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=-1, eps=1e-8)
 
 
 class SinkhornAssignment(nn.Module):
@@ -140,7 +135,7 @@ class SinkhornAssignment(nn.Module):
                     raise ValueError(f"sinkhorn: {name} {i} has shape {list(x.shape)}, but the prototypes take "
                                      f"[N, {width}] embeddings (the projector's width); a predictor, if any, must "
                                      f"keep that width")
-        scores = [self.prototypes(_unit(x)) for x in views]
+        scores = [self.prototypes(l2_normalize(x)) for x in views]
         with torch.no_grad():
             use_queue = self.queue_in_use
             if self.queue is not None and len(out.target.z) != self.queue.shape[0]:
@@ -149,7 +144,7 @@ class SinkhornAssignment(nn.Module):
             codes = []
             for b, t in enumerate(out.target.z):
                 # A shared target is the online tensor itself: reuse its scores instead of scoring it again.
-                batch = scores[b].detach() if b < len(views) and t is views[b] else self.prototypes(_unit(t))
+                batch = scores[b].detach() if b < len(views) and t is views[b] else self.prototypes(l2_normalize(t))
                 if use_queue:
                     stored = self.queue[b, dist.rank()::dist.world_size()]
                     batch = torch.cat([self.prototypes(stored).to(batch.dtype), batch])
@@ -170,7 +165,7 @@ class SinkhornAssignment(nn.Module):
     def _enqueue(self, embeddings: list[Tensor]) -> None:
         """Put the global batch's normalised embeddings first in each view's queue (the oldest fall off)."""
         assert self.queue is not None
-        new = torch.stack([dist.gather(_unit(e).to(self.queue.dtype)) for e in embeddings])  # rank-major rows
+        new = torch.stack([dist.gather(l2_normalize(e).to(self.queue.dtype)) for e in embeddings])  # rank-major rows
         length, n = self.queue.shape[1], new.shape[1]
         if length % n:
             raise ValueError(f"sinkhorn: queue_length {length} is not a multiple of the global batch of "
