@@ -265,3 +265,98 @@ def test_size_defaults_to_the_data_image_size_through_the_factory():
     assert built.size == 20 and built(torch.zeros(2, 1, 20, 20, dtype=torch.uint8))[0].shape == (2, 1, 20, 20)
     with pytest.raises(ValueError, match="size is null and no image size was given"):
         ViewsAugmenter(ViewsOptions())
+
+
+# -- the batched operations against per-image references, with the same drawn parameters ----------------------
+
+
+def test_crop_resample_equals_grid_sample_resample() -> None:
+    """The separable fast path samples exactly where affine_grid + grid_sample do (crops, flips, uint8 or float)."""
+    n, tries = 6, 10
+    u = torch.rand(2 * n, 2 * tries + 2, generator=seeded(11))
+    theta = crop_flip_theta(u[:, :tries], u[:, tries:2 * tries], u[:, -2:], torch.arange(2 * n) % 3 == 0,
+                            aspect=20 / 14, scale=(0.05, 1.0), ratio=(0.5, 2.0)).view(2, n, 2, 3)
+    x = torch.randint(0, 256, (n, 3, 14, 20), dtype=torch.uint8, generator=seeded(12))
+    for size in (7, 16, 31):
+        expected = ops.resample(x.float() / 255.0, theta, size)
+        torch.testing.assert_close(ops.crop_resample(x, theta, size), expected, atol=2e-5, rtol=0)
+        torch.testing.assert_close(ops.crop_resample(x.float() / 255.0, theta, size), expected, atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="axis-aligned"):
+        ops.crop_resample(x, theta + torch.tensor([[0.0, 0.1, 0.0], [0.0, 0.0, 0.0]]), 8)
+
+
+def _per_image(op: str, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    run = {"brightness": tvf.adjust_brightness, "contrast": tvf.adjust_contrast, "saturation": tvf.adjust_saturation,
+           "hue": tvf.adjust_hue}[op]
+    return torch.stack([run(x[i], float(values[i])) for i in range(len(x))])
+
+
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue"])
+def test_each_colour_op_equals_torchvision_per_image(op: str) -> None:
+    x = torch.rand(8, 3, 9, 11, generator=seeded(13))
+    low, high = (-0.5, 0.5) if op == "hue" else (0.0, 2.5)
+    values = low + (high - low) * torch.rand(8, generator=seeded(14))
+    # torchvision's grayscale weighs red 0.2989 where jef (as PIL) uses 0.299: a difference below 1e-4.
+    atol = 1e-5 if op in ("brightness", "hue") else 2e-4
+    torch.testing.assert_close(getattr(ops, f"adjust_{op}")(x, values), _per_image(op, x, values), atol=atol, rtol=0)
+
+
+def test_grayscale_blur_solarize_equal_torchvision_per_image() -> None:
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    x = torch.rand(5, 3, 12, 10, generator=seeded(15))
+    expected = torch.stack([tvf.rgb_to_grayscale(img, num_output_channels=3) for img in x])
+    torch.testing.assert_close(ops.grayscale(x), expected, atol=2e-4, rtol=0)
+    apply = torch.tensor([True, False, True, True, False])
+    expected = torch.stack([tvf.solarize(img, 0.5) if a else img for img, a in zip(x, apply, strict=True)])
+    torch.testing.assert_close(ops.solarize(x, apply), expected)
+    sigma = torch.tensor([0.3, 0.8, 1.5, 2.0, 3.0])
+    for k in (3, 5, 9):
+        kernels = ops.gaussian_kernels(sigma, torch.ones(5, dtype=torch.bool), k)
+        expected = torch.stack([tvf.gaussian_blur(img, [k, k], [float(s), float(s)]) for img, s in zip(x, sigma,
+                                                                                                       strict=True)])
+        torch.testing.assert_close(ops.gaussian_blur(x, kernels), expected, atol=1e-5, rtol=0)
+
+
+def test_views_equal_a_per_image_reference_with_the_same_parameters() -> None:
+    """The whole augmenter = torchvision's functional ops applied image by image with the drawn parameters."""
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    from jef.augment.params import sample_params
+
+    o = ViewsOptions(size=16, n_global=2, blur_p=[1.0, 0.3], solarize_p=[0.0, 0.5], grayscale_p=0.3, jitter_p=0.8,
+                     hue=0.2, blur_kernel=0.3)
+    aug = ViewsAugmenter(o)
+    x = images(batch=6, side=20, seed=16)
+    views = aug(x, seeded(17))
+    params = sample_params({key: p[:2] for key, p in aug._probs.items()}, n_views=2, batch=6, aspect=1.0,
+                           scale=o.scale, ratio=o.ratio, jitter_strength=(o.brightness, o.contrast, o.saturation,
+                                                                         o.hue),
+                           blur_sigma=o.blur_sigma, generator=seeded(17))
+    crops = ops.resample(x.float() / 255.0, params.theta, 16)  # the grid_sample reference of the crop
+    k = ops.blur_kernel_size(16, o.blur_kernel)
+    runs = [tvf.adjust_brightness, tvf.adjust_contrast, tvf.adjust_saturation, tvf.adjust_hue]
+    mean, std = o.channel_stats(3)
+    for row in range(12):
+        img = crops[row]
+        for op in params.order[row].tolist():
+            img = runs[op](img, float(params.jitter[row, op]))
+        if params.gray[row]:
+            img = tvf.rgb_to_grayscale(img, num_output_channels=3)
+        if params.blur[row]:
+            s = float(params.sigma[row])
+            img = tvf.gaussian_blur(img, [k, k], [s, s])
+        if params.solarize[row]:
+            img = tvf.solarize(img, 0.5)
+        expected = tvf.normalize(img, list(mean), list(std))
+        torch.testing.assert_close(views[row // 6][row % 6], expected, atol=2e-3, rtol=0)
+
+
+def test_chunked_cpu_path_equals_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jef.augment import views as views_module
+
+    aug = ViewsAugmenter(ViewsOptions(size=12, n_local=1, blur_p=0.5, solarize_p=0.5))
+    x = images(batch=7)
+    whole = aug(x, seeded(18))
+    monkeypatch.setattr(views_module, "CPU_CHUNK_BYTES", 1)  # one image per chunk
+    for a, b in zip(whole, aug(x, seeded(18)), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

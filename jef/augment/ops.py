@@ -1,11 +1,18 @@
 """Pure, batched image operations with per-sample parameters.
 
-Every function takes float images ``[N, C, H, W]`` in ``[0, 1]`` and tensors of
-per-sample parameters on the same device, and runs a fixed number of
-vectorised kernels whatever ``N`` is: there is no loop over samples. Colour
-operations follow the definitions of torchvision's functional transforms
-(ITU-R 601-2 luma, blends clamped to ``[0, 1]``) so that recipes written for
-torchvision mean the same here.
+Every function takes float images ``[N, C, H, W]`` in ``[0, 1]`` (and
+:func:`crop_resample` uint8 images too) and tensors of per-sample parameters
+on the same device, and runs a fixed number of vectorised kernels whatever
+``N`` is: there is no loop over samples. Colour operations follow the
+definitions of torchvision's functional transforms (ITU-R 601-2 luma, blends
+clamped to ``[0, 1]``) so that recipes written for torchvision mean the same
+here.
+
+On a CPU these operations are memory-bound: a pass over a large freshly
+allocated tensor costs several times one over a tensor in cache, so they work
+on channel planes rather than reductions over the channel dimension, and
+reduce to per-sample statistics (a mean) before broadcasting rather than
+building whole intermediate images where the maths allows it.
 """
 
 import torch
@@ -13,18 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "blur_kernel_size",
-           "gaussian_blur", "gaussian_kernels", "grayscale", "normalize", "random_grayscale", "resample",
-           "solarize", "to_float"]
+           "check_images", "crop_resample", "gaussian_blur", "gaussian_kernels", "grayscale", "normalize",
+           "random_grayscale", "resample", "solarize", "to_float"]
 
 #: ITU-R 601-2 luma weights, the grayscale of PIL and torchvision.
 LUMA = (0.299, 0.587, 0.114)
 
 
-def to_float(images: Tensor, who: str = "views augmenter") -> Tensor:
-    """Check a ``[B, C, H, W]`` batch and return it as float32 in ``[0, 1]``.
-
-    uint8 images are divided by 255; floating images are assumed to be in
-    ``[0, 1]`` already (not checked: that would synchronise with the device).
+def check_images(images: Tensor, who: str = "views augmenter") -> Tensor:
+    """Check a ``[B, C, H, W]`` batch: uint8 images are returned as they are, floating ones as float32.
 
     Raises:
         ValueError: If the shape is not ``[B, C, H, W]`` with ``C`` in {1, 3}
@@ -33,10 +37,20 @@ def to_float(images: Tensor, who: str = "views augmenter") -> Tensor:
     if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[-1] < 1 or images.shape[-2] < 1:
         raise ValueError(f"{who}: expected images [B, C, H, W] with C in {{1, 3}}, got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
-        return images.to(torch.float32).div_(255.0)
+        return images
     if not images.is_floating_point():
         raise ValueError(f"{who}: expected uint8 (0..255) or float (0..1) images, got dtype {images.dtype}")
     return images.to(torch.float32)
+
+
+def to_float(images: Tensor, who: str = "views augmenter") -> Tensor:
+    """Check a ``[B, C, H, W]`` batch (:func:`check_images`) and return it as float32 in ``[0, 1]``.
+
+    uint8 images are divided by 255; floating images are assumed to be in
+    ``[0, 1]`` already (not checked: that would synchronise with the device).
+    """
+    images = check_images(images, who)
+    return images.to(torch.float32).div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
@@ -71,16 +85,95 @@ def resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
     return out.reshape(n_views * batch, channels, size, size)
 
 
+def crop_resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
+    """:func:`resample` for crops and flips (axis-aligned maps), separably and from uint8.
+
+    The same bilinear sampling as :func:`resample` (``grid_sample`` with
+    ``align_corners=False`` and border padding) when ``theta`` has no rotation
+    or shear, computed as two one-dimensional interpolations: whole input rows
+    are gathered (a row copy, from uint8 when the input is uint8, so the
+    source image is never converted to float as a whole), blended, then
+    columns. On a CPU this is several times faster than ``grid_sample``, which
+    computes a 2-D grid and four taps per output pixel.
+
+    Args:
+        images: ``[B, C, H, W]`` uint8 (0..255) or float (``[0, 1]``) images.
+        theta: ``[V, B, 2, 3]`` axis-aligned affine maps (``theta[..., 0, 1]``
+            and ``theta[..., 1, 0]`` zero), preferably on the CPU, where the
+            sampling positions are computed before one small copy to the device.
+        size: Side of the square outputs.
+
+    Returns:
+        ``[V * B, C, size, size]`` float32 (``images``' dtype when floating) in
+        ``[0, 1]``, view-major.
+
+    Raises:
+        ValueError: If a map rotates or shears.
+    """
+    n_views, batch = theta.shape[:2]
+    _, channels, height, width = images.shape
+    if bool((theta[..., 0, 1] != 0).any()) or bool((theta[..., 1, 0] != 0).any()):
+        raise ValueError("crop_resample: theta must be axis-aligned (crops and flips); use resample for rotations")
+    device = images.device
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    u = (2.0 * torch.arange(size, dtype=torch.float64, device=theta.device) + 1.0) / size - 1.0
+
+    def taps(scale: Tensor, shift: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
+        # Output pixel centre -> input pixel coordinate, as affine_grid + grid_sample compute it.
+        pos = ((scale.double().unsqueeze(-1) * u + shift.double().unsqueeze(-1) + 1.0) * length - 1.0) / 2.0
+        pos = pos.clamp(0.0, length - 1.0)  # border padding
+        low = pos.floor()
+        frac = (pos - low).to(dtype)
+        low = low.long()
+        return low.to(device), (low + 1).clamp_(max=length - 1).to(device), frac.to(device)
+
+    def lines(matrix: Tensor, group: Tensor, length: int, index: Tensor) -> Tensor:
+        # matrix: planes of `length` lines, plane g * C + c for channel c of group g (group: [V, B]);
+        # returns lines index[v, b, o] of the planes of group[v, b], [V, B, C, size, line], as whole-line copies.
+        plane = group.view(n_views, batch, 1, 1) * channels + torch.arange(channels, device=device).view(1, 1, -1, 1)
+        flat = (plane * length + index.view(n_views, batch, 1, size)).reshape(-1)
+        return matrix.index_select(0, flat).view(n_views, batch, channels, size, -1).to(dtype)
+
+    left, right, fx = taps(theta[..., 0, 0], theta[..., 0, 2], width)  # [V, B, size] each
+    top, bottom, fy = taps(theta[..., 1, 1], theta[..., 1, 2], height)
+    # Columns first, from the transposed input (a cheap copy when uint8), so that both
+    # passes select whole contiguous lines; the first pass writes its result transposed back.
+    columns = images.transpose(-1, -2).reshape(batch * channels * width, height)
+    image = torch.arange(batch, device=device).expand(n_views, batch)
+    mid = torch.empty(n_views, batch, channels, height, size, dtype=dtype, device=device)
+    torch.lerp(lines(columns, image, width, left).transpose(-1, -2),
+               lines(columns, image, width, right).transpose(-1, -2), fx.view(n_views, batch, 1, 1, size), out=mid)
+    rows = mid.view(n_views * batch * channels * height, size)
+    view_image = torch.arange(n_views * batch, device=device).view(n_views, batch)
+    out = lines(rows, view_image, height, top)
+    out.lerp_(lines(rows, view_image, height, bottom), fy.view(n_views, batch, 1, size, 1))
+    if not images.is_floating_point():
+        out.mul_(1.0 / 255.0)
+    return out.view(n_views * batch, channels, size, size)
+
+
 def _per_sample(values: Tensor) -> Tensor:
     return values.view(-1, 1, 1, 1)
 
 
 def _luma(images: Tensor) -> Tensor:
-    """``[N, 1, H, W]`` luma of RGB images (the image itself when single-channel)."""
+    """``[N, 1, H, W]`` luma of RGB images (the image itself when single-channel).
+
+    Summed plane by plane: a reduction over the channel dimension reads it
+    with a stride and is many times slower on a CPU.
+    """
     if images.shape[1] == 1:
         return images
-    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+    r, g, b = images.unbind(dim=1)
+    return r.mul(LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
+
+
+def _mean_luma(images: Tensor) -> Tensor:
+    """``[N, 1, 1, 1]`` mean luma: the luma weights applied to the channel means (luma is linear)."""
+    means = images.mean(dim=(2, 3))
+    if images.shape[1] == 3:
+        means = means @ means.new_tensor(LUMA).view(3, 1)
+    return means.view(-1, 1, 1, 1)
 
 
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
@@ -90,15 +183,14 @@ def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
 
 def adjust_contrast(images: Tensor, factor: Tensor) -> Tensor:
     """Blend each image with its mean luma: ``f * x + (1 - f) * mean``, clamped."""
-    mean = _luma(images).mean(dim=(1, 2, 3), keepdim=True)
     f = _per_sample(factor)
-    return (f * images + (1.0 - f) * mean).clamp_(0.0, 1.0)
+    return (images * f).add_((1.0 - f) * _mean_luma(images)).clamp_(0.0, 1.0)
 
 
 def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
     """Blend RGB images with their grayscale: ``f * x + (1 - f) * gray``, clamped."""
     f = _per_sample(factor)
-    return (f * images + (1.0 - f) * _luma(images)).clamp_(0.0, 1.0)
+    return (images * f).add_(_luma(images).mul_(1.0 - f)).clamp_(0.0, 1.0)
 
 
 def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
@@ -107,20 +199,21 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     Saturation and value are kept, so the result is rebuilt from the new hue
     with the closed form ``max - (max - min) * clamp(min(k, 4 - k), 0, 1)``,
     ``k = (n + 6 h) mod 6`` for ``n = 5, 3, 1`` (R, G, B): one pass, no
-    per-sextant branches.
+    per-sextant branches. ``min(k, 4 - k)`` is ``2 - |k - 2|``, so the result
+    is ``(max - 2 (max - min)) + (max - min) * clamp(|k - 2|, 1, 2)``.
     """
-    maxc, argmax = images.max(dim=1, keepdim=True)
-    delta = maxc - images.min(dim=1, keepdim=True).values
-    # Grey pixels (delta 0) have no hue; any value works since delta scales it away.
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
     r, g, b = images.unbind(dim=1)
-    r, g, b = r.unsqueeze(1), g.unsqueeze(1), b.unsqueeze(1)
-    hue = torch.where(argmax == 0, (g - b) / safe,
-                      torch.where(argmax == 1, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue6 = torch.remainder(hue + 6.0 * _per_sample(shift), 6.0)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)
+    # Hue in sextants (0 red, 2 green, 4 blue), ties resolved red, green, blue as
+    # an argmax would. Grey pixels (delta 0) have no hue; delta scales it away.
+    hue = torch.where(maxc == r, g - b, torch.where(maxc == g, (b - r).add_(delta, alpha=2.0),
+                                                    (r - g).add_(delta, alpha=4.0)))
+    hue.div_(torch.where(delta > 0, delta, 1.0)).add_(6.0 * shift.view(-1, 1, 1))
     n = images.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
-    k = torch.remainder(n + hue6, 6.0)
-    return (maxc - delta * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)).clamp_(0.0, 1.0)
+    k = torch.remainder(hue.unsqueeze(1) + n, 6.0).sub_(2.0).abs_().clamp_(1.0, 2.0)
+    base = maxc.sub(delta, alpha=2.0).unsqueeze(1)
+    return torch.addcmul(base, delta.unsqueeze(1), k).clamp_(0.0, 1.0)
 
 
 def grayscale(images: Tensor) -> Tensor:
@@ -168,22 +261,45 @@ def gaussian_kernels(sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
 def gaussian_blur(images: Tensor, kernels: Tensor) -> Tensor:
     """Separable blur of image ``n`` by ``kernels[n]`` (``[N, k]``, odd ``k``).
 
-    Each (sample, channel) plane is a group of one grouped convolution, so the
-    whole batch is two kernels (rows then columns). Borders are reflected as in
-    torchvision's ``GaussianBlur``; replicated when the image is too small to
-    reflect.
+    Borders are reflected as in torchvision's ``GaussianBlur``; replicated
+    when the image is too small to reflect. Each direction is one batched
+    matrix product: the padded rows are cut into overlapping windows of
+    ``block + k - 1`` pixels, each multiplied by the sample's ``[block + k - 1,
+    block]`` Toeplitz matrix of its kernel. Per-sample kernels in a grouped
+    convolution (one group per plane) take CPUs' slow depthwise path; a
+    matrix product runs at the speed of the BLAS, and the blocks keep its
+    wasted multiplications (the zeros of the band) to a few times ``k``.
     """
     n, c, h, w = images.shape
+    pad = kernels.shape[1] // 2
+    mode = "reflect" if pad < min(h, w) else "replicate"
+    weight = kernels.to(images.dtype)
+    rows = _blur_rows(images.reshape(n, c * h, w), weight, mode).view(n, c, h, w)
+    columns = _blur_rows(rows.transpose(-1, -2).reshape(n, c * w, h), weight, mode)
+    return columns.view(n, c, w, h).transpose(-1, -2).contiguous()
+
+
+def _blur_rows(rows: Tensor, kernels: Tensor, mode: str) -> Tensor:
+    """Blur every row of ``rows`` ``[N, R, L]`` by its sample's kernel (``[N, k]``)."""
+    n, count, length = rows.shape
     k = kernels.shape[1]
     pad = k // 2
-    mode = "reflect" if pad < min(h, w) else "replicate"
-    weight = kernels.to(images.dtype).repeat_interleave(c, dim=0)  # [N * C, k], one row per plane
-    planes = images.reshape(1, n * c, h, w)
-    planes = F.conv2d(F.pad(planes, (pad, pad, 0, 0), mode=mode), weight.view(n * c, 1, 1, k), groups=n * c)
-    planes = F.conv2d(F.pad(planes, (0, 0, pad, pad), mode=mode), weight.view(n * c, 1, k, 1), groups=n * c)
-    return planes.view(n, c, h, w)
+    block = min(length, max(8, 3 * pad))
+    blocks = -(-length // block)
+    padded = F.pad(rows, (pad, pad), mode=mode)
+    if blocks * block > length:  # whole blocks; the extra outputs are cut off below
+        padded = F.pad(padded, (0, blocks * block - length))
+    windows = padded.unfold(-1, block + 2 * pad, block).reshape(n, count * blocks, block + 2 * pad)
+    # Toeplitz: output i of a block is sum_t kernel[t] * window[i + t].
+    offset = torch.arange(block + 2 * pad, device=rows.device).view(-1, 1) - torch.arange(block, device=rows.device)
+    band = (offset >= 0) & (offset < k)
+    toeplitz = torch.where(band, kernels[:, offset.clamp(0, k - 1)], kernels.new_zeros(()))
+    out = torch.bmm(windows, toeplitz).view(n, count, blocks * block)
+    return out[..., :length] if blocks * block > length else out
 
 
-def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """``(x - mean) / std`` with ``mean``/``std`` of shape ``[C]`` or ``[1]``."""
+def normalize(images: Tensor, mean: Tensor, std: Tensor, *, inplace: bool = False) -> Tensor:
+    """``(x - mean) / std`` with ``mean``/``std`` of shape ``[C]`` or ``[1]``; in ``images`` if ``inplace``."""
+    if inplace:
+        return images.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
     return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

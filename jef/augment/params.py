@@ -53,14 +53,19 @@ class ViewParams:
         of its own images in the global batch, so that the views are those of
         one process on the global batch.
         """
-        n_views, batch = self.theta.shape[:2]
+        batch = self.theta.shape[1]
         if not 0 <= index < count or batch % count:
             raise ValueError(f"ViewParams.shard: cannot take shard {index} of {count} from {batch} samples per view")
         size = batch // count
-        rows = slice(index * size, (index + 1) * size)
+        return self.images(index * size, (index + 1) * size)
 
-        def part(t: Tensor) -> Tensor:  # view-major [V*B, ...] -> this shard's [V*b, ...]
-            return t.reshape(n_views, batch, *t.shape[1:])[:, rows].reshape(n_views * size, *t.shape[1:])
+    def images(self, start: int, stop: int) -> "ViewParams":
+        """The parameters of images ``[start, stop)`` of the batch, in every view (still view-major)."""
+        n_views, batch = self.theta.shape[:2]
+        rows = slice(start, stop)
+
+        def part(t: Tensor) -> Tensor:  # view-major [V*B, ...] -> [V*(stop-start), ...]
+            return t.reshape(n_views, batch, *t.shape[1:])[:, rows].reshape(-1, *t.shape[1:])
 
         fields = {f.name: part(getattr(self, f.name)) for f in attrs.fields(ViewParams) if f.name != "theta"}
         return ViewParams(theta=self.theta[:, rows], **fields)

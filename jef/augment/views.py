@@ -1,10 +1,13 @@
 """The ``views`` augmenter: batched SimCLR/BYOL/multi-crop views on the training device.
 
-Each transform is one vectorised operation over every view of every image,
+Each transform is a vectorised operation over the views it applies to,
 with parameters drawn per sample (:mod:`jef.augment.params`), applied in the
-order of SimCLR and BYOL: random resized crop and horizontal flip (a single
-affine resample), colour jitter, grayscale, Gaussian blur, solarisation,
-normalisation.
+order of SimCLR and BYOL: random resized crop and horizontal flip (one
+separable bilinear resample), colour jitter (the samples that drew the same
+order of its four operations together), grayscale, Gaussian blur,
+solarisation (each on the samples that drew it), normalisation. On a CPU the
+batch goes through in chunks of a few images, so that these memory-bound
+operations work in the cache; on an accelerator it is one chunk.
 
 References:
     [1] Chen et al., A Simple Framework for Contrastive Learning of Visual
@@ -15,6 +18,7 @@ References:
 """
 
 import contextlib
+from collections.abc import Callable
 
 import attrs
 import torch
@@ -29,6 +33,9 @@ from jef.components import RunContext
 __all__ = ["ViewsAugmenter", "build_views"]
 
 #: Parameter name in :func:`sample_params` -> probability option.
+#: Bytes of views and source pixels per chunk on a CPU: a few MiB stay in a server CPU's cache.
+CPU_CHUNK_BYTES = 4 << 20
+
 _PROBS = {"flip": "flip_p", "jitter": "jitter_p", "gray": "grayscale_p", "blur": "blur_p",
           "solarize": "solarize_p"}
 
@@ -107,7 +114,7 @@ class ViewsAugmenter(nn.Module):
             ``options.normalize`` is false (then in ``[0, 1]``).
         """
         with torch.no_grad(), _full_precision(images):
-            return self._views(ops.to_float(images), generator)
+            return self._views(ops.check_images(images), generator)
 
     def _views(self, x: Tensor, generator: torch.Generator | None) -> list[Tensor]:
         o = self.options
@@ -123,59 +130,89 @@ class ViewsAugmenter(nn.Module):
                 generator=generator)
             if self.world_size > 1:
                 params = params.shard(self.rank, self.world_size)
-            params = params.to(x.device)
-            out = self._normalize(self.transform(x, params, size))
-            views.extend(out.split(x.shape[0]))
+            views.extend(self._group(x, params, stop - start, size).split(x.shape[0]))
         return views
 
+    def _group(self, x: Tensor, params: ViewParams, n_views: int, size: int) -> Tensor:
+        # On a CPU the work goes through the cache a few images at a time: these
+        # operations are memory-bound, and a pass over a tensor in cache costs a
+        # fraction of one over a freshly allocated batch-sized tensor. On an
+        # accelerator the whole batch is one chunk (fewer, larger kernels).
+        batch = x.shape[0]
+        out = torch.empty(n_views, batch, x.shape[1], size, size, device=x.device)
+        chunk = batch
+        if x.device.type == "cpu":
+            per_image = n_views * x.shape[1] * (size * size + x.shape[-1] * x.shape[-2]) * 4
+            chunk = max(1, min(batch, CPU_CHUNK_BYTES // per_image))
+        for start in range(0, batch, chunk):
+            stop = min(start + chunk, batch)
+            views = self.transform(x[start:stop], params.images(start, stop), size)
+            out[:, start:stop] = self._normalize(views, inplace=True).view(n_views, stop - start, *views.shape[1:])
+        return out.view(n_views * batch, x.shape[1], size, size)
+
     def transform(self, x: Tensor, params: ViewParams, size: int) -> Tensor:
-        """Apply drawn parameters to float images in ``[0, 1]``; no normalisation.
+        """Apply drawn parameters to images; no normalisation.
+
+        Each transform runs only on the samples it applies to (those of
+        each jitter order together), gathered and written back by index. The
+        subsets are chosen on the CPU, from the parameters as drawn, so that
+        nothing waits for the device.
 
         Args:
-            x: ``[B, C, H, W]`` float32 images in ``[0, 1]``.
-            params: Parameters of ``V`` views, on ``x``'s device.
+            x: ``[B, C, H, W]`` uint8 images or float32 images in ``[0, 1]``.
+            params: Parameters of ``V`` views, on any device (the CPU, where
+                they are drawn, avoids copying them back).
             size: Output side.
 
         Returns:
-            ``[V * B, C, size, size]`` in ``[0, 1]``, view-major.
+            ``[V * B, C, size, size]`` float32 in ``[0, 1]``, view-major.
         """
-        out = ops.resample(x, params.theta, size)
-        out = self._jitter(out, params)
+        cpu = params.to(torch.device("cpu"))
+        out = ops.crop_resample(x, cpu.theta, size)
+        out = self._jitter(out, cpu)
         if out.shape[1] == 3:
-            out = ops.random_grayscale(out, params.gray)
-        if self._blur:  # skip the two convolutions when blur is off for every view
-            kernels = ops.gaussian_kernels(params.sigma, params.blur,
-                                           ops.blur_kernel_size(size, self.options.blur_kernel))
-            out = ops.gaussian_blur(out, kernels)
-        return ops.solarize(out, params.solarize, self.options.solarize_threshold)
+            out = _where(out, cpu.gray, lambda sub, _: ops.grayscale(sub))
+        if self._blur:  # no work at all when blur is off for every view
+            k = ops.blur_kernel_size(size, self.options.blur_kernel)
+            sigma = cpu.sigma.to(out.device)
+            out = _where(out, cpu.blur, lambda sub, rows: ops.gaussian_blur(sub, ops.gaussian_kernels(
+                sigma[rows], torch.ones_like(rows, dtype=torch.bool), k)))
+        threshold = self.options.solarize_threshold
+        return _where(out, cpu.solarize, lambda sub, _: torch.where(sub >= threshold, 1.0 - sub, sub))
 
     def _jitter(self, x: Tensor, params: ViewParams) -> Tensor:
         # Colour jitter as torchvision's ColorJitter [1]: each operation with a
-        # per-sample factor (identity where the jitter was not drawn). A random
-        # order per sample without a loop over samples: in round r every sample
-        # runs only its r-th operation, the others getting identity factors.
+        # per-sample factor, in a random order per sample, without a loop over
+        # samples: the samples that drew the same order are transformed
+        # together, one call per operation, and those that drew no jitter
+        # (identity factors) are left alone.
         rgb = x.shape[1] == 3
-        identity = params.jitter.new_tensor([1.0, 1.0, 1.0, 0.0])
-        ops_ids = torch.arange(4, device=x.device)
-        rounds = 4 if self.options.jitter_random_order else 1
-        for r in range(rounds):
-            factors = params.jitter
-            if rounds > 1:
-                factors = torch.where(params.order[:, r:r + 1] == ops_ids, factors, identity)
-            brightness, contrast, saturation, hue = factors.unbind(dim=1)
-            x = ops.adjust_brightness(x, brightness)
-            x = ops.adjust_contrast(x, contrast)
-            if rgb:
-                x = ops.adjust_saturation(x, saturation)
-                if self.options.hue > 0.0:
-                    x = ops.adjust_hue(x, hue)
+        runs = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation if rgb else None,
+                ops.adjust_hue if rgb and self.options.hue > 0.0 else None)
+        drawn = (params.jitter != params.jitter.new_tensor([1.0, 1.0, 1.0, 0.0])).any(dim=1)
+        order = params.order if self.options.jitter_random_order else torch.arange(4).expand_as(params.order)
+        code = torch.where(drawn, order @ torch.tensor([64, 16, 4, 1]), -1)
+        factors = params.jitter.to(x.device)
+        for value in code.unique().tolist():
+            if value < 0:
+                continue
+            sequence = [value // 64, value // 16 % 4, value // 4 % 4, value % 4]
+
+            def jitter(sub: Tensor, rows: Tensor, sequence: list[int] = sequence) -> Tensor:
+                f = factors.index_select(0, rows)
+                for op in sequence:
+                    if runs[op] is not None:
+                        sub = runs[op](sub, f[:, op])
+                return sub
+
+            x = _where(x, code == value, jitter)
         return x
 
-    def _normalize(self, x: Tensor) -> Tensor:
+    def _normalize(self, x: Tensor, *, inplace: bool = False) -> Tensor:
         if not self.options.normalize:
             return x
         mean, std = self.options.channel_stats(x.shape[1])
-        return ops.normalize(x, x.new_tensor(mean), x.new_tensor(std))
+        return ops.normalize(x, x.new_tensor(mean), x.new_tensor(std), inplace=inplace)
 
     def eval_view(self, images: Tensor) -> Tensor:
         """Deterministic test-time view: centre square, resized to ``size``, normalised.
@@ -200,6 +237,20 @@ class ViewsAugmenter(nn.Module):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=side > self.size).clamp_(0.0, 1.0)
         return self._normalize(x)
+
+
+def _where(x: Tensor, mask: Tensor, fn: Callable[..., Tensor]) -> Tensor:
+    """``x`` with the rows where ``mask`` (a CPU bool tensor) replaced by ``fn(those_rows, their_indices)``.
+
+    The whole batch is passed as it is (no gather, no scatter) when every
+    row is selected, and nothing is done when none is.
+    """
+    rows = mask.nonzero().squeeze(1).to(x.device)
+    if rows.numel() == 0:
+        return x
+    if rows.numel() == x.shape[0]:
+        return fn(x, rows).contiguous()  # materialise expanded results (grayscale) before later in-place writes
+    return x.index_copy_(0, rows, fn(x.index_select(0, rows), rows))
 
 
 def _full_precision(images: Tensor) -> contextlib.AbstractContextManager:
