@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/jef-plugin-*)
 # torch/torchvision pinned here (pyproject.toml declares a range) so every machine gets the same build.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test docs clean
+.PHONY: install demo test docs bench clean
 
 install: $(STAMP)
 
@@ -30,5 +30,19 @@ test: install
 docs: install
 	$(VENV)/bin/mkdocs build --strict -d site
 
+# bench: a separate .venv-bench with lightly (a benchmark-only dependency, kept out of the test environment; the
+# constraints stop it from changing torch), then the jef-vs-lightly comparison (long: see benchmarks/README.md).
+BENCH := .venv-bench
+$(BENCH)/.jef-installed: pyproject.toml benchmarks/requirements.txt benchmarks/constraints.txt
+	$(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH)/bin/python -m pip install --quiet $(TORCH)
+	$(BENCH)/bin/python -m pip install --quiet -e . $(foreach p,$(PLUGINS),-e $(p)) -r benchmarks/requirements.txt \
+		pytest -c benchmarks/constraints.txt
+	touch $@
+
+bench: $(BENCH)/.jef-installed
+	OMP_NUM_THREADS=2 $(BENCH)/bin/python benchmarks/compare_lightly.py --out compare_lightly.json
+
 clean:
-	rm -rf $(VENV) runs site
+	rm -rf $(VENV) $(BENCH) runs site

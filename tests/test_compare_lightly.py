@@ -1,0 +1,65 @@
+"""benchmarks/compare_lightly.py keeps working: a few steps of one method in jef and in lightly.
+
+Skipped where lightly is not installed (the benchmark environment, ``make bench``, has it; the test
+environment does not) or where the Fashion-MNIST IDX files are missing. No timing is asserted.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightly")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("compare_lightly", ROOT / "benchmarks" / "compare_lightly.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare_lightly"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    from jef.data.fashion import find_fashion_files
+
+    try:
+        find_fashion_files(None)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+    return _load_script()
+
+
+TINY = ["--seeds", "0", "--steps", "3", "--subset-train", "256", "--subset-test", "64", "--batch-size", "32",
+        "--width", "4", "--blocks", "1", "1", "1", "1", "--probe-epochs", "1", "--step-steps", "2",
+        "--step-repeats", "1", "--warmup-steps", "1", "--window", "1"]
+
+
+@pytest.mark.parametrize("method", ["byol"])
+def test_both_frameworks_train_and_step(script, method, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    report = script.main(["--methods", method, *TINY, "--out", str(out)])
+    results = report["results"]
+    assert {(r["framework"], r["mode"]) for r in results} == {
+        ("jef", "train"), ("lightly", "train"), ("jef", "step"), ("lightly", "step")}
+    for r in results:
+        assert r["steps"] == 3, r
+        assert r["final_loss"] == r["final_loss"], f"{r['framework']} {r['mode']}: loss is NaN"
+        assert r["peak_mib"] > 0
+        if r["mode"] == "train":
+            assert 0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["linear_top1"] <= 1.0
+    assert json.loads(out.read_text())["header"]["protocol"]["batch_size"] == 32
+    table = capsys.readouterr().out
+    assert f"| {method} | jef |" in table and f"| {method} | lightly |" in table
+
+
+def test_same_initial_backbone(script):
+    cfg = {"seed": 3, "width": 4, "blocks": [1, 1, 1, 1]}
+    a, b = script.make_backbone(cfg), script.make_backbone(cfg)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert (x == y).all(), name
