@@ -6,11 +6,17 @@ the current step, on every process; the loop then writes a checkpoint and
 :func:`jef.train.train` raises :class:`RunInterrupted`, whose message says how
 to resume. A second Ctrl-C stops at once, as Python normally does.
 
-A loss that is NaN or infinite is checked before the optimiser step, so the
-weights and the last checkpoint stay good: ``train.on_nonfinite: stop`` ends
-the run with :class:`NonFiniteLossError` naming the step and the terms that
-went non-finite; ``skip`` drops the step's update and goes on, and gives up
-after :data:`MAX_CONSECUTIVE_SKIPS` skipped steps in a row.
+A loss that is NaN or infinite never reaches a checkpoint. With
+``train.on_nonfinite: stop`` (the default) the loop does not read the loss at
+every step, which would make the host wait for the device: a
+:class:`NonFiniteWatch` remembers on the device the first non-finite step and
+its terms, and the loop reads it every ``train.log_every`` steps, at epoch ends
+and before writing any checkpoint; it then ends the run with
+:class:`NonFiniteLossError` naming that step and its terms (the weights were
+updated after it, the last checkpoint is from before it). ``skip`` must decide
+before each optimiser step, so it reads the terms at every step (one sync per
+step): it drops the step's update and goes on, and gives up after
+:data:`MAX_CONSECUTIVE_SKIPS` skipped steps in a row.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteLossError", "RunInterrupted", "handle_nonfinite", "nonfinite_terms",
-           "stop_on_signals"]
+import torch
+from torch import Tensor
+
+__all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteLossError", "NonFiniteWatch", "RunInterrupted", "handle_nonfinite",
+           "nonfinite_terms", "stop_on_signals", "sync_point"]
 
 #: ``on_nonfinite: skip`` gives up after this many non-finite steps in a row: the run has diverged.
 MAX_CONSECUTIVE_SKIPS = 10
@@ -53,11 +62,12 @@ class RunInterrupted(Exception):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss went NaN or infinite; the weights were not updated with it and no checkpoint was overwritten.
+    """The loss went NaN or infinite; no checkpoint was written after that step.
 
     Attributes:
-        step: The optimiser step whose loss was non-finite.
-        terms: That step's loss terms, averaged over processes.
+        step: The first optimiser step whose loss was non-finite.
+        terms: That step's loss terms (``skip``: averaged over processes; ``stop``: as the process that saw the
+            earliest non-finite step computed them).
         bad: The names of the non-finite terms.
     """
 
@@ -87,8 +97,7 @@ def handle_nonfinite(run: Any, step: int, terms: dict[str, float], bad: list[str
     Raises:
         NonFiniteLossError: In ``stop`` mode, or after :data:`MAX_CONSECUTIVE_SKIPS` skipped steps in a row.
     """
-    kept = (f"the last checkpoint (step {run.checkpoint_step}) is kept" if run.checkpoint_step is not None
-            else "no checkpoint had been written yet")
+    kept = _kept(run)
     if run.pipeline.train.on_nonfinite == "stop":
         raise NonFiniteLossError(step, terms, bad, f"the weights were not updated and {kept}; "
                                  f"train.on_nonfinite: skip drops such steps instead")
@@ -102,6 +111,82 @@ def handle_nonfinite(run: Any, step: int, terms: dict[str, float], bad: list[str
         shown = ", ".join(f"{key}={terms[key]:.4g}" for key in bad)
         warnings.warn(f"step {step}: non-finite {shown}; the step was skipped (train.on_nonfinite: skip, "
                       f"{run.skipped_steps} so far)", RuntimeWarning, stacklevel=2)
+
+
+def _kept(run: Any) -> str:
+    return (f"the last checkpoint (step {run.checkpoint_step}) is kept" if run.checkpoint_step is not None
+            else "no checkpoint had been written yet")
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first optimiser step whose loss terms were non-finite (``on_nonfinite: stop``).
+
+    :meth:`observe` runs at every step and never makes the host wait for the device (``torch.where`` on device
+    tensors); :meth:`check` reads what it saw and is called by the loop at its sync points: every
+    ``train.log_every`` steps, at epoch ends and before every checkpoint, so a checkpoint never holds weights
+    updated with a non-finite loss.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] | None = None
+        self.first: Tensor | None = None  # 0: no non-finite step yet
+        self.values: Tensor | None = None  # the terms of step ``first``
+
+    def observe(self, step: int, names: list[str], values: Tensor) -> None:
+        """Record ``values`` (the terms ``names`` of optimiser ``step``) if they are the first non-finite ones."""
+        if self.first is None or self.names != names:
+            if self.first is not None:  # other terms from now on: settle what the old ones showed first
+                self._raise_if_seen(None)
+            self.names = list(names)
+            self.first = torch.zeros((), dtype=torch.long, device=values.device)
+            self.values = torch.zeros_like(values)
+        newly = (self.first == 0) & ~torch.isfinite(values).all()
+        self.first = torch.where(newly, step, self.first)
+        self.values = torch.where(newly, values, self.values)
+
+    def check(self, run: Any) -> None:
+        """Raise if some process saw a non-finite step (one sync; with several processes, a gather).
+
+        Every process must call it at the same step: the processes agree on the earliest non-finite step.
+
+        Raises:
+            NonFiniteLossError: Naming the first non-finite step and its terms.
+        """
+        self._raise_if_seen(run)
+
+    def _raise_if_seen(self, run: Any) -> None:
+        if self.first is None or self.values is None or self.names is None:
+            return
+        local = torch.cat([self.first.reshape(1).double(), self.values.double()])
+        seen = run.accelerator.gather(local[None]) if run is not None else local[None]
+        rows = [row for row in seen.tolist() if row[0] > 0]
+        if not rows:
+            return
+        first = min(row[0] for row in rows)
+        earliest = [row[1:] for row in rows if row[0] == first]
+        terms = {name: sum(row[i] for row in earliest) / len(earliest) for i, name in enumerate(self.names)}
+        bad = nonfinite_terms(terms) or list(self.names)
+        step = int(first)
+        now = run.step if run is not None else step
+        raise NonFiniteLossError(step, terms, bad, (
+            f"found at step {now}: with train.on_nonfinite: stop the loss is read every train.log_every steps, at "
+            f"epoch ends and before each checkpoint, not at every step, so the weights were updated after step "
+            f"{step} and are not usable; {_kept(run) if run is not None else 'no checkpoint was written after it'}"
+            f"; train.on_nonfinite: skip checks every step and drops such steps instead"))
+
+
+def sync_point(run: Any) -> None:
+    """Where the training loop's processes read what the device remembered, at the same step on every process.
+
+    Raises :class:`NonFiniteLossError` if a non-finite loss was seen (``train.on_nonfinite: stop``), and sets
+    ``run.stopping`` when some process asked to stop (a signal, :meth:`jef.run_state.Run.request_stop`).
+    """
+    if run.pipeline.train.on_nonfinite == "stop":
+        run.nonfinite.check(run)
+    if run.accelerator.check_trigger():  # an all-reduce: every process learns that one asked to stop
+        run.stop_reason = run.stop_reason or "stop requested by another process"
+        run.stopping = True
+    run.stopping = run.stopping or bool(run.stop_reason) and run.ctx.world_size == 1
 
 
 @contextmanager

@@ -150,8 +150,9 @@ class EmaTarget:
             o_params = [p.detach() for p in online.parameters()]
             torch._foreach_mul_(t_params, momentum)
             torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
-            for t_buffer, o_buffer in zip(target.buffers(), online.buffers(), strict=True):
-                t_buffer.copy_(o_buffer)
+            t_buffers, o_buffers = list(target.buffers()), list(online.buffers())
+            if t_buffers:
+                torch._foreach_copy_(t_buffers, o_buffers)
 
     @hookimpl
     def jef_step_end(self, run: Any, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:

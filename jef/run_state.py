@@ -13,6 +13,7 @@ from accelerate import Accelerator
 
 from jef.components import RunContext
 from jef.config import Pipeline
+from jef.faults import NonFiniteWatch
 from jef.plugins import Plugins
 
 __all__ = ["Run", "run_plugins"]
@@ -42,13 +43,23 @@ class Run:
     checkpoint_step: int | None = None  # the step of the last checkpoint written (or resumed from)
     skipped_steps: int = 0  # steps dropped for a non-finite loss (train.on_nonfinite: skip)
     skipped_in_a_row: int = 0
+    stopping: bool = False  # every process agreed to stop (set by the loop at its sync points)
+    nonfinite: NonFiniteWatch = attrs.field(factory=NonFiniteWatch)  # train.on_nonfinite: stop
 
     def log(self, metrics: dict[str, Any]) -> None:
-        """Queue metrics for the next metrics line (the latest value of each key wins)."""
-        self.pending.update({k: float(v.item()) if hasattr(v, "item") else v for k, v in metrics.items()})
+        """Queue metrics for the next metrics line (the latest value of each key wins).
+
+        Tensors are kept on the device (a detached copy) and read when the line is written, at a log step, so
+        logging from a step hook makes the host wait for the device only at log steps.
+        """
+        self.pending.update({k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()})
 
     def request_stop(self, reason: str) -> None:
-        """Stop after this step, on every process, keeping a checkpoint (e.g. a monitor that saw a collapse)."""
+        """Stop the run, on every process, keeping a checkpoint (e.g. a monitor that saw a collapse).
+
+        In one process the run stops after the current step; with several, the processes agree at the loop's
+        next sync point (a ``train.log_every`` step or the epoch's end), so within ``train.log_every`` steps.
+        """
         self.stop_reason = reason
         self.accelerator.set_trigger()
 
@@ -56,7 +67,6 @@ class Run:
     def unwrapped_model(self) -> torch.nn.Module:
         """The model without Accelerate's wrappers (DDP, mixed precision)."""
         return self.accelerator.unwrap_model(self.model)
-
 
 
 @contextmanager

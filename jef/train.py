@@ -14,7 +14,6 @@ run hooks at named points: ``jef_run_start``, ``jef_train_step`` (the loss),
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 import warnings
@@ -33,12 +32,13 @@ from jef.components import RunContext
 from jef.config import Pipeline
 from jef.data_order import EpochSampler
 from jef.evaluate.protocols import evaluate_backbone, write_evaluation
-from jef.faults import RunInterrupted, handle_nonfinite, nonfinite_terms, stop_on_signals
+from jef.faults import RunInterrupted, handle_nonfinite, nonfinite_terms, stop_on_signals, sync_point
 from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
 from jef.run_state import Run, run_plugins
 from jef.runlog import MetricsLogger, plugin_listing, write_run_files
+from jef.step_terms import EpochTerms, on_host, step_terms
 from jef.validate import ConfigError
 
 __all__ = ["Run", "train"]
@@ -58,7 +58,8 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
 
     Raises:
         jef.faults.RunInterrupted: SIGTERM or SIGINT stopped the run after its checkpoint was written.
-        jef.faults.NonFiniteLossError: The loss went NaN/inf (``train.on_nonfinite: stop``); nothing was saved.
+        jef.faults.NonFiniteLossError: The loss went NaN/inf (``train.on_nonfinite: stop``); no checkpoint was
+            written after that step.
         jef.checkpoint.CheckpointError: The checkpoint to resume is unreadable or from another pipeline.
     """
     plugins = plugins or get_plugins()
@@ -127,7 +128,7 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
                    mininterval=0.5)
         with stop_on_signals(run.request_stop) as received:
             try:
-                while run.step < total and not run.stop_reason:
+                while run.step < total and not run.stopping:
                     epoch_terms, finished = _train_epoch(run, loader, hook, bar, logger, total)
                     metrics.update(epoch_terms)
                     if finished:
@@ -135,14 +136,14 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
                         hook.jef_epoch_end(run=run, epoch=epoch, metrics=epoch_terms)
                         logger.write(run.step, {f"epoch/{k}": v for k, v in epoch_terms.items()})
                         if (epoch + 1) % train_options.checkpoint_every == 0:  # after the hooks: their state too
-                            save_run(run)
+                            _save(run)
             except KeyboardInterrupt:
-                save_run(run)  # nothing lost: the run resumes from here with --resume
+                _save(run)  # nothing lost (unless the loss went non-finite): the run resumes from here with --resume
                 raise
             finally:
                 bar.close()
             if run.checkpoint_step != run.step:  # the last epoch's checkpoint may already hold this step
-                save_run(run)
+                _save(run)
         if received:  # SIGTERM/SIGINT: checkpoint written; no evaluation, the job is being stopped
             logger.close()
             raise RunInterrupted(received["signal"], run.step, directory)
@@ -166,27 +167,35 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
                  total: int) -> tuple[dict[str, float], bool]:
     """Train until the epoch ends or the run's steps are done.
 
+    Nothing here reads a tensor on the host at every step (that would make the host wait for the device): the
+    terms stay on the device and are read at log steps, the epoch's end and checkpoints (``sync_point``), except in
+    ``train.on_nonfinite: skip``, which must look at each step's loss before its update.
+
     Returns:
         The epoch's mean loss terms, and whether the epoch's data is exhausted.
     """
     accelerator, options = run.accelerator, run.pipeline.train
+    skip_mode = options.on_nonfinite == "skip"
     loader.set_epoch(run.epoch)
     batches = accelerator.skip_first_batches(loader, run.batch_in_epoch) if run.batch_in_epoch else loader
     if run.batch_in_epoch:
         batches.set_epoch(run.epoch)
-    sums: dict[str, float] = {}
-    count, started, images, accumulated = 0, time.perf_counter(), 0, 0.0
+    epoch_terms, started, images, accumulated = EpochTerms(), time.perf_counter(), 0, None
     for batch in batches:
         with accelerator.accumulate(run.model):
             result = hook.jef_train_step(run=run, batch=batch)
             accelerator.backward(result["loss"])
-            accumulated = accumulated + result["loss"].detach()  # a NaN in any micro-batch stays visible
+            loss = result["loss"].detach()  # the sum keeps a NaN of any micro-batch visible
+            accumulated = loss if accumulated is None else accumulated + loss
             bad: list[str] = []
             if accelerator.sync_gradients:
-                terms = _reduced_terms(accelerator, result, accumulated)
-                bad, accumulated = nonfinite_terms(terms), 0.0
+                terms, accumulated = step_terms(result, accumulated, accelerator), None
+                if skip_mode:  # the update depends on this step's loss: read it now (a sync per step)
+                    bad = nonfinite_terms(terms.floats())
+                else:  # remembered on the device, read at the next sync point
+                    run.nonfinite.observe(run.step + 1, terms.names, terms.values)
                 if bad:  # before the update, so a non-finite step never reaches the weights
-                    handle_nonfinite(run, run.step + 1, terms, bad)  # raises unless train.on_nonfinite: skip
+                    handle_nonfinite(run, run.step + 1, terms.floats(), bad)  # raises after too many in a row
                 else:
                     hook.jef_after_backward(run=run)
                     if options.clip_grad_norm:
@@ -206,37 +215,31 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
         if not bad:
             run.skipped_in_a_row = 0
             hook.jef_step_end(run=run, outputs=result.get("outputs"), terms=terms)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value
-            count += 1
+            epoch_terms.add(terms)
         if options.checkpoint_every_steps and run.step % options.checkpoint_every_steps == 0:
-            save_run(run)
-        if accelerator.check_trigger():  # some process asked to stop; all stop after the same step
-            run.stop_reason = run.stop_reason or "stop requested by another process"
-        rate = images / max(time.perf_counter() - started, 1e-9)
+            _save(run)
         bar.update(1)
-        bar.set_postfix(epoch=run.epoch, loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}")
         if run.step % options.log_every == 0 or run.step == total:
-            record = {**({} if bad else terms), "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate,
-                      "epoch": run.epoch, **run.pending}
+            sync_point(run)
+            rate = images / max(time.perf_counter() - started, 1e-9)
+            record = {**({} if bad else terms.floats()), "lr": run.scheduler.get_last_lr()[0],
+                      "images_per_s": rate, "epoch": run.epoch, **on_host(run.pending)}
             run.pending.clear()
             logger.write(run.step, record)
             run.history.append({"step": run.step, **record})
-        if run.step >= total or run.stop_reason:
+            bar.set_postfix(epoch=run.epoch, loss=f"{record.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}")
+        run.stopping = run.stopping or bool(run.stop_reason) and run.ctx.world_size == 1  # alone: stop now
+        if run.step >= total or run.stopping:
             break
     finished = run.batch_in_epoch >= len(loader)
-    return {k: v / max(count, 1) for k, v in sums.items()}, finished
+    sync_point(run)
+    return epoch_terms.means(accelerator), finished
 
 
-def _reduced_terms(accelerator: Accelerator, result: dict[str, Any], accumulated: Any) -> dict[str, float]:
-    """The step's loss terms, averaged over processes; ``loss`` is non-finite if any accumulated micro-batch was."""
-    terms = {"loss": result["loss"].detach(), **{k: v.detach() for k, v in result["terms"].items()},
-             "_accumulated": torch.as_tensor(accumulated, device=result["loss"].device)}
-    terms = {k: float(v) for k, v in accelerator.reduce(terms, reduction="mean").items()}
-    accumulated_loss = terms.pop("_accumulated")
-    if not math.isfinite(accumulated_loss):  # an earlier micro-batch of this optimiser step went non-finite
-        terms["loss"] = accumulated_loss
-    return terms
+def _save(run: Run) -> None:
+    """Write the checkpoint, after checking that no non-finite loss reached the weights since the last one."""
+    sync_point(run)
+    save_run(run)
 
 
 def _knn(run: Run, backbone: torch.nn.Module, splits: Any) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import warnings
 
 import pytest
 import torch
@@ -61,21 +62,48 @@ def test_the_terms_that_went_non_finite_are_named():
 
 
 def test_a_non_finite_loss_stops_the_run_naming_step_and_term_and_keeps_the_checkpoint(plugins, tmp_path, one_thread):
-    pipeline = {**NO_KNN, "train": {"checkpoint_every_steps": 2}}
-    with temporary_plugin(plugins, Poison({3})), pytest.raises(NonFiniteLossError) as caught:
-        tiny_run(pipeline, steps=4, run_dir=tmp_path, plugins=plugins)
+    # The loss is not read at every step: step 3's NaN is found before step 4's checkpoint, the next sync point.
+    pipeline = {**NO_KNN, "train": {"checkpoint_every_steps": 2, "log_every": 100}}
+    poison = Poison({3})
+    with temporary_plugin(plugins, poison), pytest.raises(NonFiniteLossError) as caught:
+        tiny_run(pipeline, steps=6, run_dir=tmp_path, plugins=plugins)
     message = str(caught.value)
     assert message.startswith("step 3: non-finite 'info_nce' (loss=nan, ")
+    assert "found at step 4" in message and "the weights were updated after step 3" in message
     assert "the last checkpoint (step 2) is kept" in message and "train.on_nonfinite: skip" in message
     assert caught.value.step == 3 and caught.value.bad == ["info_nce"]
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2  # not overwritten with step 3's state
+    assert max(poison.params) == 4  # step 4 ran (it is what the weights were updated with) ...
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2  # ... but no checkpoint after step 2 was written
+    assert [line["step"] for line in _metrics(tmp_path) if "loss" in line] == []  # no log step came before
+
+
+def test_a_non_finite_loss_is_found_at_the_first_log_step_after_it(plugins, tmp_path, one_thread):
+    with temporary_plugin(plugins, Poison({2})), pytest.raises(NonFiniteLossError) as caught:
+        tiny_run({**NO_KNN, "train": {"log_every": 3}}, steps=4, run_dir=tmp_path, plugins=plugins)
+    assert str(caught.value).startswith("step 2: non-finite 'info_nce'") and "found at step 3" in str(caught.value)
+    assert "no checkpoint had been written yet" in str(caught.value)
+    assert not (tmp_path / "checkpoint.pt").exists()  # the final checkpoint is never written with such weights
+
+
+def test_the_first_of_several_non_finite_steps_is_named(plugins, one_thread):
+    with temporary_plugin(plugins, Poison({2, 3})), pytest.raises(NonFiniteLossError, match="^step 2: .*found at "
+                                                                                          "step 4"):
+        tiny_run({**NO_KNN, "train": {"log_every": 4}}, steps=4, plugins=plugins)
 
 
 def test_a_non_finite_micro_batch_is_caught_under_gradient_accumulation(plugins, one_thread):
     # Step 2's first micro-batch is NaN, its second (the one whose terms are logged) is finite.
-    poison = Poison({2}, micro_batch=1)
-    with temporary_plugin(plugins, poison), pytest.raises(NonFiniteLossError, match="step 2: non-finite 'loss'"):
-        tiny_run({**NO_KNN, "train": {"grad_accum": 2, "batch_size": 8}}, steps=3, plugins=plugins)
+    for on_nonfinite in ("stop", "skip"):
+        poison = Poison({2}, micro_batch=1)
+        pipeline = {**NO_KNN, "train": {"grad_accum": 2, "batch_size": 8, "on_nonfinite": on_nonfinite}}
+        with temporary_plugin(plugins, poison), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if on_nonfinite == "stop":
+                with pytest.raises(NonFiniteLossError, match="step 2: non-finite 'loss'"):
+                    tiny_run(pipeline, steps=3, plugins=plugins)
+            else:
+                tiny_run(pipeline, steps=3, plugins=plugins)
+                assert any("step 2: non-finite loss=nan" in str(w.message) for w in caught), on_nonfinite
     assert "no checkpoint had been written yet" in str(NonFiniteLossError(1, {"loss": 1.0}, ["loss"],
                                                                           "no checkpoint had been written yet"))
 

@@ -137,7 +137,7 @@ class CollapseMonitor:
                 warnings.warn(message, CollapseWarning, stacklevel=2)
                 logger.warning(message)
                 if self.options.stop:
-                    # One process asks; the loop's trigger stops every process after this same step.
+                    # One process asks; the loop's trigger stops every process together (within train.log_every steps).
                     run.request_stop(f"the collapse monitor (stop: true) diagnosed {'; '.join(problems)}")
 
     @hookimpl

@@ -117,8 +117,9 @@ class QueueInfoNCE(nn.Module):
             return
         self._check_width(keys[0].shape[-1])
         gathered = torch.cat([normalize(dist.gather(k.detach())) for k in keys])
-        self.pointer.fill_(enqueue(self.queue, int(self.pointer), gathered))
-        self.filled.fill_(min(int(self.filled) + gathered.shape[0], self.queue.shape[0]))
+        # The pointer and fill level stay on the device: reading them would stall the step on the GPU.
+        self.pointer.copy_(enqueue(self.queue, self.pointer, gathered))
+        self.filled.add_(gathered.shape[0]).clamp_(max=self.queue.shape[0])
 
     @hookimpl
     def jef_step_end(self, run: Any, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:
@@ -127,7 +128,7 @@ class QueueInfoNCE(nn.Module):
                                "enqueue; a plugin replacing jef_train_step must return 'outputs'")
         # Only the key branch is enqueued: the target's z (the EMA encoder's keys), never the queries.
         self.push(list(outputs.target.z))
-        run.log({"queue/filled": int(self.filled)})
+        run.log({"queue/filled": self.filled})  # read when the metrics line is written
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, size={self.queue.shape[0]}, dim={self.queue.shape[1]}"

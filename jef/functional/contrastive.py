@@ -72,7 +72,11 @@ def _exclusion_mask(fn: str, n: int, m: int, device: torch.device, self_mask_off
                 f"{fn}: self_mask_offset={offset} excludes candidates [{offset}, {offset + n}) for {n} "
                 f"anchors, outside the {m} candidates"
             )
-        exclude = torch.arange(offset, offset + n, device=device)
+        # Built directly: checking it like a caller's `exclude` would read the device at every step.
+        mask = torch.zeros(n, m, dtype=torch.bool, device=device)
+        rows = torch.arange(n, device=device)
+        mask[rows, rows + offset] = True
+        return mask
     if exclude is None:
         return None
     if exclude.dim() != 1 or exclude.shape[0] != n or exclude.is_floating_point():

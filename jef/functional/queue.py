@@ -50,7 +50,7 @@ def random_unit_queue(size: int, dim: int, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-def enqueue(queue: Tensor, pointer: int, keys: Tensor) -> int:
+def enqueue(queue: Tensor, pointer: int | Tensor, keys: Tensor) -> int | Tensor:
     """Write ``keys`` into ``queue`` in place, oldest entries first (FIFO with wrap-around) [1].
 
     Key ``j`` of ``M`` goes to row ``(pointer + j) % K``; the queue is a ring
@@ -61,11 +61,12 @@ def enqueue(queue: Tensor, pointer: int, keys: Tensor) -> int:
 
     Args:
         queue: ``[K, d]`` buffer, modified in place.
-        pointer: Row of the oldest entry, the next to overwrite, in ``[0, K)``.
+        pointer: Row of the oldest entry, the next to overwrite, in ``[0, K)``: an int, or a 0-d integer
+            tensor on the queue's device (a buffer), which is then used without reading it on the host.
         keys: ``[M, d]`` new keys.
 
     Returns:
-        The new pointer, ``(pointer + M) % K``.
+        The new pointer, ``(pointer + M) % K``, of the same kind as ``pointer``.
 
     Raises:
         ValueError: The widths differ or ``pointer`` is out of range.
@@ -74,7 +75,7 @@ def enqueue(queue: Tensor, pointer: int, keys: Tensor) -> int:
     if keys.dim() != 2 or queue.dim() != 2 or keys.shape[1] != queue.shape[1]:
         raise ValueError(f"enqueue: keys must be [M, {queue.shape[-1]}] to fit the [K, d]={list(queue.shape)} "
                          f"queue, got {list(keys.shape)}")
-    if not 0 <= pointer < size:
+    if not isinstance(pointer, Tensor) and not 0 <= pointer < size:  # a tensor is not read (no device sync)
         raise ValueError(f"enqueue: pointer must be in [0, {size}), got {pointer}")
     count = keys.shape[0]
     kept = keys[-size:] if count > size else keys

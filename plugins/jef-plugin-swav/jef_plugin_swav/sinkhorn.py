@@ -111,6 +111,9 @@ class SinkhornAssignment(nn.Module):
             self.queue = None
         # Set by the run hooks; the epoch itself is checkpointed by the training loop.
         self.epoch = 0
+        # A host copy of queue_filled, so that no step reads the buffer back from the device (a sync); None:
+        # read it once (after a checkpoint was loaded into the buffer).
+        self._filled: int | None = 0
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -118,9 +121,22 @@ class SinkhornAssignment(nn.Module):
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
     @property
+    def filled(self) -> int:
+        """How many embeddings each view's queue holds (``queue_filled``, read from the device at most once)."""
+        if self.queue is None:
+            return 0
+        if self._filled is None:
+            self._filled = int(self.queue_filled)
+        return self._filled
+
+    @property
     def queue_in_use(self) -> bool:
         """True once the queue is full: SwAV never stacks a partly empty queue before the batch."""
-        return self.queue is not None and int(self.queue_filled) >= self.queue.shape[1]
+        return self.queue is not None and self.filled >= self.queue.shape[1]
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._filled = None  # the buffer may hold another value now
 
     def targets(self, out: StepOutputs) -> StepOutputs:
         """Online outputs → prototype scores (every view); target embeddings → codes (global views).
@@ -171,7 +187,8 @@ class SinkhornAssignment(nn.Module):
             raise ValueError(f"sinkhorn: queue_length {length} is not a multiple of the global batch of "
                              f"{n} embeddings; the queue must hold whole batches")
         self.queue.copy_(torch.cat([new, self.queue[:, :length - n]], dim=1))
-        self.queue_filled.fill_(min(int(self.queue_filled) + n, length))
+        self._filled = min(self.filled + n, length)
+        self.queue_filled.fill_(self._filled)
 
     # -- run hooks (jef registers the module as a plugin for the run) ------------------------
 
@@ -198,7 +215,7 @@ class SinkhornAssignment(nn.Module):
         if run.step > self.freeze_prototypes_steps:
             self.normalize_prototypes()
         if self.queue is not None:
-            run.log({"sinkhorn/queue_filled": int(self.queue_filled), "sinkhorn/queue_in_use": int(self.queue_in_use)})
+            run.log({"sinkhorn/queue_filled": self.filled, "sinkhorn/queue_in_use": int(self.queue_in_use)})
 
     @hookimpl
     def jef_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
