@@ -44,14 +44,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this file is loaded
+from environment import load_average, machine  # noqa: E402
 
 RECIPES = ("simclr", "byol")
 PIPELINES = ("jef", "tv-tensor", "tv-pil")
@@ -146,27 +149,6 @@ def per_image_pipeline(recipe: str, size: int, batch: int, pil: bool) -> Callabl
 # -- measuring ---------------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """CPU model, cores, torch and torchvision versions."""
-    import torchvision
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model} ({os.cpu_count()} logical cores), torch {torch.__version__}, torchvision {torchvision.__version__}"
-
-
-def load() -> str:
-    """The 1/5/15-minute load averages."""
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def check_views(views: Sequence[torch.Tensor], count: int, size: int) -> None:
     """Both pipelines must hand back the same thing: two float32 ``[count, 3, size, size]`` batches."""
     shapes = [(tuple(v.shape), v.dtype) for v in views]
@@ -220,7 +202,7 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, load_before:
         f"Command: `{shlex.join(['python', *sys.argv])}`  ",
         f"Date: {started}  ",
         f"Machine: {machine()}  ",
-        f"Load average (1/5/15 min): {load_before} before, {load()} after  ",
+        f"Load average (1/5/15 min): {load_before} before, {load_average()} after  ",
         f"Threads: `torch.set_num_threads` per row (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
         f"{args.images} images per timing, jef batch {args.batch}, median of {args.repeats} interleaved repeats",
         "",
@@ -265,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    load_before = load()
+    load_before = load_average()
     reports = []
     for size_pair in args.sizes:  # the defaults depend on the size, so each size is its own run of cells
         cell = argparse.Namespace(**vars(args))

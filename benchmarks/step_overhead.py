@@ -27,8 +27,6 @@ import argparse
 import copy
 import datetime
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +40,9 @@ import torch
 
 from jef import hookimpl
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this file is loaded
+from environment import load_average, machine  # noqa: E402
+
 DEFAULT_METHODS = ["simclr", "byol", "moco_v2", "swav", "dino"]
 MULTI_CROP = {"n_local": 2, "local_size": 12, "blur_p": 0.0, "solarize_p": 0.0}
 #: Per-method settings that make the tiny benchmark model valid (multi-crop for SwAV/DINO, smaller heads).
@@ -52,25 +53,6 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "dino": {"augmenter": MULTI_CROP,
              "projector": {"name": "dino_head", "out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128}},
 }
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} logical cores), torch {torch.__version__}, Python {platform.python_version()}"
-
-
-def _load() -> str:
-    try:
-        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "load average unknown"
 
 
 class FixedViews:
@@ -280,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
 
     plugins = load_plugins()
     command = "python benchmarks/step_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    load_before = _load()
+    load_before = "load average " + load_average()
     rows = [measure(method, args, plugins) for method in args.methods]
     lines = [
         f"Command: `{command.strip()}`",
-        f"Date: {datetime.date.today().isoformat()}; machine: {_machine()}; torch threads: {args.threads}; "
-        f"{load_before} (before), {_load()} (after).",
+        f"Date: {datetime.date.today().isoformat()}; machine: {machine()}; torch threads: {args.threads}; "
+        f"{load_before} (before), load average {load_average()} (after).",
         f"Model: {args.backbone}{f' width {args.width}' if args.backbone == 'small_cnn' else ''}, batch "
         f"{args.batch_size}, {args.image_size}x{args.image_size} synthetic images, float32; medians of "
         f"{args.repeats} interleaved blocks of {args.steps} steps; jef logs every {args.log_every} steps.",

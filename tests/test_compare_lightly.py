@@ -60,6 +60,8 @@ def test_both_frameworks_train_and_step(script, method, tmp_path, capsys):
 
 def test_same_initial_backbone(script):
     cfg = {"seed": 3, "width": 4, "blocks": [1, 1, 1, 1]}
-    a, b = script.make_backbone(cfg), script.make_backbone(cfg)
+    from compare_common import make_backbone  # beside the script, on the path once it is loaded
+
+    a, b = make_backbone(cfg), make_backbone(cfg)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert (x == y).all(), name
