@@ -108,6 +108,15 @@ class MemoryBank(nn.Module):
         self.register_buffer("normaliser_set", torch.tensor(False))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
         self._pending: list[tuple[Tensor, Tensor]] = []
+        # Host copies of `steps` and `normaliser_set`, read from the buffers once (and again after a checkpoint is
+        # loaded): reading a buffer at every step would make the host wait for the device.
+        self._host: dict[str, Any] | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host", None))
+
+    def _mirror(self) -> dict[str, Any]:
+        if self._host is None:
+            self._host = {"steps": int(self.steps), "normaliser_set": bool(self.normaliser_set)}
+        return self._host
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         """The loss over every online view (averaged), plus the proximal term when ``λ > 0``."""
@@ -128,7 +137,7 @@ class MemoryBank(nn.Module):
             # turns into ~0.06 in the logit, and Z (estimated from these on the first batch) is kept for the run.
             with full_precision(features[0]):
                 similarities = [((f * own.to(f.dtype)).sum(dim=1), f @ noise.to(f.dtype).T) for f in features]
-            if not bool(self.normaliser_set):
+            if not self._mirror()["normaliser_set"]:
                 self._set_normaliser(torch.cat([s for _, s in similarities]))
             main = torch.stack([nce_loss(s, noise_s, self.temperature, self.normaliser, self.size,
                                          self.noise_samples) for s, noise_s in similarities]).mean()
@@ -153,14 +162,16 @@ class MemoryBank(nn.Module):
         indices = out.indices.to(self.bank.device).long()
         if indices.dim() != 1:
             raise ValueError(f"memory_bank: indices must be 1-D [N], got shape {tuple(indices.shape)}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.size):
+        # Checked where it costs nothing (CPU indices); on a GPU an out-of-range row fails in the indexing itself.
+        if indices.device.type == "cpu" and indices.numel() and (int(indices.min()) < 0
+                                                                  or int(indices.max()) >= self.size):
             raise ValueError(f"memory_bank: dataset index {int(indices.max())} is outside the bank's {self.size} "
                              f"rows; set memory_bank's size to the number of training images")
         return indices
 
     def _noise_rows(self) -> Tensor:
         """``m`` rows drawn uniformly with replacement (``P_n = 1/n``), seeded by (seed, step)."""
-        seed = (self.seed * 1_000_003 + int(self.steps)) % (2**63)
+        seed = (self.seed * 1_000_003 + self._mirror()["steps"]) % (2**63)
         generator = torch.Generator().manual_seed(seed)
         return torch.randint(self.size, (self.noise_samples,), generator=generator).to(self.bank.device)
 
@@ -168,8 +179,9 @@ class MemoryBank(nn.Module):
     def _set_normaliser(self, noise_similarities: Tensor) -> None:
         """Fix ``Z`` from the first batch, the mean over processes so that all agree [1]."""
         z = nce_normaliser(noise_similarities, self.temperature, self.size).reshape(1)
-        self.normaliser.fill_(dist.all_reduce_mean(z)[0].item())
+        self.normaliser.fill_(dist.all_reduce_mean(z)[0].item())  # once per run
         self.normaliser_set.fill_(True)
+        self._mirror()["normaliser_set"] = True
 
     @torch.no_grad()
     def update(self) -> None:
@@ -178,6 +190,7 @@ class MemoryBank(nn.Module):
         for indices, features in pending:
             momentum_update(self.bank, dist.gather(indices), dist.gather(features), self.momentum)
         if pending:
+            self._mirror()["steps"] += 1
             self.steps += 1
 
     @hookimpl
