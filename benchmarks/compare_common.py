@@ -186,16 +186,21 @@ def fixed_views(pipeline, arrays: dict[str, Tensor], cfg: dict[str, Any], device
 # jef worker
 # --------------------------------------------------------------------------------------------------------------
 
-def run_jef(cfg: dict[str, Any]) -> dict[str, Any]:
+def setup(cfg: dict[str, Any]) -> tuple[_JefBench, Any, Any, torch.device, dict[str, Tensor]]:
+    """What either worker starts from: the timing plugin, the plugins, jef's resolved pipeline (every setting of
+    both sides), the device and the data."""
     from jef.config import resolve
     from jef.plugins import load_plugins
-    from jef.train import train
 
     bench = _JefBench(cfg)
     plugins = load_plugins(extra=(("compare_lightly", bench._hooks()),))
-    pipeline = _resolve(cfg, plugins, resolve)
-    device = _device(cfg)
-    arrays = load_arrays(cfg)
+    return bench, plugins, _resolve(cfg, plugins, resolve), _device(cfg), load_arrays(cfg)
+
+
+def run_jef(cfg: dict[str, Any]) -> dict[str, Any]:
+    from jef.train import train
+
+    bench, plugins, pipeline, device, arrays = setup(cfg)
     if cfg["mode"] == "step":
         bench.fixed_views = fixed_views(pipeline, arrays, cfg, device)
     with tempfile.TemporaryDirectory() as run_dir:

@@ -9,17 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from compare_common import (
-    _device,
-    _JefBench,
-    _resolve,
-    _timings,
-    evaluate,
-    fixed_views,
-    load_arrays,
-    make_backbone,
-    normalisation,
-)
+from compare_common import _timings, evaluate, fixed_views, make_backbone, normalisation, setup
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------------------------------------------------
@@ -243,14 +233,7 @@ def lightly_optimizer(model: LightlyMethod, pipeline, steps_per_epoch: int, tota
 
 
 def run_lightly(cfg: dict[str, Any]) -> dict[str, Any]:
-    from jef.config import resolve
-    from jef.plugins import load_plugins
-
-    bench = _JefBench(cfg)
-    plugins = load_plugins(extra=(("compare_lightly", bench._hooks()),))
-    pipeline = _resolve(cfg, plugins, resolve)
-    device = _device(cfg)
-    arrays = load_arrays(cfg)
+    _, _, pipeline, device, arrays = setup(cfg)  # jef resolves every setting; its timing plugin is unused here
     torch.manual_seed(cfg["seed"])
     steps_per_epoch = cfg["subset_train"] // cfg["batch_size"]
     total = steps_per_epoch * cfg["epochs"]
