@@ -14,6 +14,7 @@ around the epoch's end (its mean terms are read there). Synchronising operations
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import traceback
 
@@ -49,6 +50,9 @@ METHODS = {
              "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
     # EMA key encoder with shuffled BN and a queue of keys.
     "moco_v2": {"method": "moco_v2", "functionals": [{"name": "queue_info_nce", "size": 32, "temperature": 0.2}]},
+    # A memory bank: index range checks, noise rows drawn per step, Z fixed on the first step, row updates.
+    "instdisc": {"method": "instdisc", "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
+                 "functionals": [{"name": "memory_bank", "dim": 16, "noise_samples": 32}]},
 }
 
 
@@ -100,3 +104,23 @@ def test_a_step_reads_nothing_from_the_device_between_log_steps(method, plugins,
     assert len(reads) == steps - 1
     assert reads.pop(epoch_end) > 0  # the epoch's end reads its mean terms (and shows that the counter counts)
     assert reads == dict.fromkeys(reads, 0)
+
+
+def test_a_step_asks_nothing_of_the_file_system(plugins, counter, monkeypatch, one_thread):
+    """Accelerate asks importlib whether ``lomo_optim`` is installed at every optimizer step, a search of every
+    ``sys.path`` entry (``jef.accelerate_compat`` answers it once per process); nothing else may search per step.
+    Without the cache this fails with ``(2, 'lomo_optim')``."""
+    asked: list[tuple[int, str]] = []
+    find_spec = importlib.util.find_spec
+
+    def counted(name, *args, **kwargs):
+        asked.append((len(counter.starts), name))
+        return find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", counted)
+    with temporary_plugin(plugins, counter, name="sync-counter"):
+        tiny_run(merge(NO_LOGGING, METHODS["simclr"]), steps=6, plugins=plugins)
+    assert len(counter.starts) == 6
+    # Steps 2, 3 and 5: Accelerate asks about deepspeed when an epoch's data runs out (step 4) and when the run
+    # ends (after step 6 starts): once an epoch and once a run, not every step.
+    assert [(step, name) for step, name in asked if step in (2, 3, 5)] == []

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from jef import dist
 from jef.components import RunContext, StepOutputs
-from jef.functional._checks import full_precision, normalize
+from jef.functional._checks import full_precision, indices_out_of_range, normalize
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser
 from jef.hookspecs import hookimpl
 
@@ -108,9 +108,9 @@ class MemoryBank(nn.Module):
         self.register_buffer("normaliser_set", torch.tensor(False))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
         self._pending: list[tuple[Tensor, Tensor]] = []
-        # Host copies of `steps` and `normaliser_set`, read from the buffers once (and again after a checkpoint is
-        # loaded): reading a buffer at every step would make the host wait for the device.
-        self._host: dict[str, Any] | None = None
+        # Host copies of `steps` and `normaliser_set` (read from the buffers again after a checkpoint is loaded):
+        # reading a buffer at every step would make the host wait for the device.
+        self._host: dict[str, Any] | None = {"steps": 0, "normaliser_set": False}
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host", None))
 
     def _mirror(self) -> dict[str, Any]:
@@ -162,24 +162,24 @@ class MemoryBank(nn.Module):
         indices = out.indices.to(self.bank.device).long()
         if indices.dim() != 1:
             raise ValueError(f"memory_bank: indices must be 1-D [N], got shape {tuple(indices.shape)}")
-        # Checked where it costs nothing (CPU indices); on a GPU an out-of-range row fails in the indexing itself.
-        if indices.device.type == "cpu" and indices.numel() and (int(indices.min()) < 0
-                                                                  or int(indices.max()) >= self.size):
-            raise ValueError(f"memory_bank: dataset index {int(indices.max())} is outside the bank's {self.size} "
-                             f"rows; set memory_bank's size to the number of training images")
+        bad = indices_out_of_range(indices, self.size)
+        if bad is not None:
+            raise ValueError(f"memory_bank: dataset index {bad[1] if bad[1] >= self.size else bad[0]} is outside "
+                             f"the bank's {self.size} rows; set memory_bank's size to the number of training images")
         return indices
 
     def _noise_rows(self) -> Tensor:
         """``m`` rows drawn uniformly with replacement (``P_n = 1/n``), seeded by (seed, step)."""
         seed = (self.seed * 1_000_003 + self._mirror()["steps"]) % (2**63)
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randint(self.size, (self.noise_samples,), generator=generator).to(self.bank.device)
+        # Drawn on the bank's device: a host-made tensor copied to a GPU would make the host wait at every step.
+        generator = torch.Generator(device=self.bank.device).manual_seed(seed)
+        return torch.randint(self.size, (self.noise_samples,), generator=generator, device=self.bank.device)
 
     @torch.no_grad()
     def _set_normaliser(self, noise_similarities: Tensor) -> None:
         """Fix ``Z`` from the first batch, the mean over processes so that all agree [1]."""
         z = nce_normaliser(noise_similarities, self.temperature, self.size).reshape(1)
-        self.normaliser.fill_(dist.all_reduce_mean(z)[0].item())  # once per run
+        self.normaliser.copy_(dist.all_reduce_mean(z).reshape(()))
         self.normaliser_set.fill_(True)
         self._mirror()["normaliser_set"] = True
 

@@ -102,3 +102,19 @@ def full_precision(x: Tensor) -> Iterator[None]:
         manager = contextlib.nullcontext()
     with manager:
         yield
+
+
+def indices_out_of_range(indices: Tensor, size: int) -> tuple[int, int] | None:
+    """``(min, max)`` of integer ``indices`` when one lies outside ``[0, size)``, else None; never waits for a GPU.
+
+    On the CPU the test runs in C++ (``torch._assert_async``) and values are read only when it fails. On an
+    accelerator the check is left to the indexing that follows (a device-side assert): testing here would make
+    the host wait for the device at every step.
+    """
+    if indices.device.type != "cpu" or not indices.numel():
+        return None
+    try:
+        torch._assert_async(((indices >= 0) & (indices < size)).all())
+    except RuntimeError:
+        return int(indices.min()), int(indices.max())
+    return None

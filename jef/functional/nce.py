@@ -33,7 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jef.functional._checks import check_reduction, check_temperature, full_precision, normalize, reduce, upcast
+from jef.functional._checks import (
+    check_reduction,
+    check_temperature,
+    full_precision,
+    indices_out_of_range,
+    normalize,
+    reduce,
+    upcast,
+)
 
 __all__ = ["full_softmax_loss", "momentum_update", "nce_loss", "nce_normaliser", "nce_posterior"]
 
@@ -176,9 +184,10 @@ def _check_bank(fn: str, bank: Tensor, indices: Tensor, features: Tensor) -> Non
     if features.dim() != 2 or features.shape != (indices.shape[0], bank.shape[1]):
         raise ValueError(f"{fn}: features must be [N, d] = [{indices.shape[0]}, {bank.shape[1]}] (one row per "
                          f"index, the bank's width), got shape {tuple(features.shape)}")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= bank.shape[0]):
+    bad = indices_out_of_range(indices, bank.shape[0])
+    if bad is not None:
         raise ValueError(f"{fn}: indices must lie in [0, {bank.shape[0]}) (the bank's rows), got values in "
-                         f"[{int(indices.min())}, {int(indices.max())}]")
+                         f"[{bad[0]}, {bad[1]}]")
 
 
 @torch.no_grad()
@@ -207,8 +216,10 @@ def momentum_update(bank: Tensor, indices: Tensor, features: Tensor, momentum: f
     features = normalize(features.detach().to(bank.device))
     mixed = momentum * bank[indices].to(features.dtype) + (1.0 - momentum) * features
     rows = normalize(mixed).to(bank.dtype)
-    unique, inverse = torch.unique(indices, return_inverse=True)
-    last = torch.full_like(unique, -1).scatter_reduce(0, inverse, torch.arange(len(indices), device=bank.device),
-                                                      reduce="amax")
-    bank.index_copy_(0, unique, rows[last])
+    # Every occurrence of a row writes the last occurrence's value, so the order of a scatter with duplicates no
+    # longer matters; sized by the bank rather than by torch.unique, whose output size would make the host wait.
+    position = torch.arange(len(indices), device=bank.device)
+    last = torch.full((bank.shape[0],), -1, dtype=torch.long, device=bank.device).scatter_reduce(
+        0, indices, position, reduce="amax")
+    bank.index_copy_(0, indices, rows[last[indices]])
     return bank
