@@ -11,12 +11,15 @@ import attrs
 import torch
 from accelerate import Accelerator
 
+from jef.accelerate_compat import cache_package_checks
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.faults import NonFiniteWatch
 from jef.plugins import Plugins
 
 __all__ = ["Run", "run_plugins"]
+
+cache_package_checks()  # every training loop builds a Run: Accelerate's per-step package checks are asked once
 
 
 @attrs.define(eq=False)
