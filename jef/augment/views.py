@@ -245,11 +245,17 @@ def _where(x: Tensor, mask: Tensor, fn: Callable[..., Tensor]) -> Tensor:
     The whole batch is passed as it is (no gather, no scatter) when every
     row is selected, and nothing is done when none is.
     """
-    rows = mask.nonzero().squeeze(1).to(x.device)
-    if rows.numel() == 0:
+    rows = mask.nonzero().squeeze(1)
+    count = rows.numel()
+    if count == 0:
         return x
-    if rows.numel() == x.shape[0]:
+    first, last = int(rows[0]), int(rows[-1])  # a CPU tensor: no device read
+    rows = rows.to(x.device)
+    if count == x.shape[0]:
         return fn(x, rows).contiguous()  # materialise expanded results (grayscale) before later in-place writes
+    if last - first + 1 == count:  # a run of rows (e.g. one view of a chunk): a slice is a view, not a gather
+        x[first:last + 1] = fn(x[first:last + 1], rows)
+        return x
     return x.index_copy_(0, rows, fn(x.index_select(0, rows), rows))
 
 
