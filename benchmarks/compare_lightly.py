@@ -103,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-steps", type=int, default=30, help="steps of each model-step-alone run (0: skip)")
     p.add_argument("--step-repeats", type=int, default=3, help="interleaved model-step-alone runs per framework")
     p.add_argument("--out", default="compare_lightly.json", help="raw results (JSON)")
+    p.add_argument("--from-json", metavar="PATH", help="print the tables of an earlier run's raw results and exit")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -116,6 +117,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args._worker:
         _worker(*args._worker)
         return {}
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        done = report["results"]
+        args.methods = [m for m in METHODS if any(r["method"] == m for r in done)]
+        args.frameworks = [f for f in FRAMEWORKS if any(r["framework"] == f for r in done)]
+        print(markdown(report, args))
+        return report
     base = {k: getattr(args, k) for k in ("epochs", "steps", "subset_train", "subset_test", "batch_size", "width",
                                            "blocks", "queue", "probe_epochs", "threads", "workers", "device",
                                            "precision", "warmup_steps", "window")}
@@ -125,32 +133,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "machine": machine(), "lightly": lightly_version(), "load_before": os.getloadavg(),
               "protocol": base}
     results: list[dict[str, Any]] = []
+    report = {"header": header, "results": results, "complete": False}
+
+    def record(cfg: dict[str, Any]) -> None:
+        results.append({**cfg, **spawn(cfg)})
+        _write_json(Path(args.out), report)  # after every run: a failure later loses nothing measured
+
     for method in args.methods:
         for i, seed in enumerate(args.seeds):
             order = args.frameworks if i % 2 == 0 else args.frameworks[::-1]  # alternate who goes first
             for fw in order:
                 cfg = {**base, "method": method, "seed": seed, "framework": fw, "mode": "train"}
                 print(f"[compare_lightly] train {method} seed {seed} {fw} ...", file=sys.stderr, flush=True)
-                results.append({**cfg, **spawn(cfg)})
+                record(cfg)
         if args.step_steps:
             for r in range(args.step_repeats):
                 for fw in (args.frameworks if r % 2 == 0 else args.frameworks[::-1]):
                     cfg = {**base, "method": method, "seed": args.seeds[0], "framework": fw, "mode": "step",
                            "steps": args.step_steps + args.warmup_steps, "epochs": 1000}
                     print(f"[compare_lightly] step-alone {method} {fw} run {r} ...", file=sys.stderr, flush=True)
-                    results.append({**cfg, **spawn(cfg)})
+                    record(cfg)
     header["load_after"] = os.getloadavg()
-    report = {"header": header, "results": results}
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    report["complete"] = True
+    _write_json(Path(args.out), report)
     print(markdown(report, args))
     return report
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (a temp file renamed over it), so a reader never sees half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, path)
 
 
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     h = report["header"]
     lines = [f"Command: `{h['command']}`", "",
              f"Date: {h['date']}; machine: {h['machine']}; lightly {h['lightly']}; load average before "
-             f"{h['load_before'][0]:.2f}, after {h['load_after'][0]:.2f}.", "",
+             f"{h['load_before'][0]:.2f}, after {h.get('load_after', [math.nan])[0]:.2f}"
+             f"{'' if report.get('complete', True) else ' (incomplete run)'}.", "",
              "| method | framework | e2e images/s | step alone ms | peak MiB | kNN top-1 (per seed) | "
              "linear top-1 (per seed) | final loss |",
              "|---|---|---:|---:|---:|---|---|---:|"]

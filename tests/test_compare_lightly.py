@@ -56,6 +56,9 @@ def test_both_frameworks_train_and_step(script, method, tmp_path, capsys):
     assert json.loads(out.read_text())["header"]["protocol"]["batch_size"] == 32
     table = capsys.readouterr().out
     assert f"| {method} | jef |" in table and f"| {method} | lightly |" in table
+    assert json.loads(out.read_text())["complete"] is True
+    script.main(["--from-json", str(out)])  # the tables again, from the raw results alone
+    assert capsys.readouterr().out.strip() == table.strip()
 
 
 def test_same_initial_backbone(script):
