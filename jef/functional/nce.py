@@ -217,9 +217,12 @@ def momentum_update(bank: Tensor, indices: Tensor, features: Tensor, momentum: f
     mixed = momentum * bank[indices].to(features.dtype) + (1.0 - momentum) * features
     rows = normalize(mixed).to(bank.dtype)
     # Every occurrence of a row writes the last occurrence's value, so the order of a scatter with duplicates no
-    # longer matters; sized by the bank rather than by torch.unique, whose output size would make the host wait.
-    position = torch.arange(len(indices), device=bank.device)
-    last = torch.full((bank.shape[0],), -1, dtype=torch.long, device=bank.device).scatter_reduce(
-        0, indices, position, reduce="amax")
-    bank.index_copy_(0, indices, rows[last[indices]])
+    # longer matters. Runs of equal indices are found by sorting, not torch.unique: its output size would make the
+    # host wait for a GPU, and a bank-sized table would cost a pass over n entries per step.
+    ordered, position = torch.sort(indices, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    run = starts.cumsum(0) - 1
+    last = torch.full_like(position, -1).scatter_reduce(0, run, position, reduce="amax")
+    bank.index_copy_(0, ordered, rows[last[run]])
     return bank
