@@ -37,7 +37,7 @@ $(BENCH)/.jef-installed: pyproject.toml benchmarks/requirements.txt benchmarks/c
 	$(PYTHON) -m venv $(BENCH)
 	$(BENCH)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH)/bin/python -m pip install --quiet $(TORCH)
-	$(BENCH)/bin/python -m pip install --quiet -e . $(foreach p,$(PLUGINS),-e $(p)) -r benchmarks/requirements.txt \
+	$(BENCH)/bin/python -m pip install --quiet -e '.[numba]' $(foreach p,$(PLUGINS),-e $(p)) -r benchmarks/requirements.txt \
 		pytest -c benchmarks/constraints.txt
 	touch $@
 

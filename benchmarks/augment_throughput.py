@@ -5,7 +5,10 @@ semantics and probabilities, from uint8 images, ending in normalised float32
 tensors stacked into a batch:
 
 * ``jef``: :class:`jef.augment.ViewsAugmenter` on a whole uint8 batch
-  ``[B, C, H, W]`` (one vectorised kernel per operation).
+  ``[B, C, H, W]``, as configured by default (``cpu_backend: auto``: the
+  fused numba kernels when numba is installed, else the eager operations).
+* ``jef-eager`` (when numba is installed): the same with ``cpu_backend:
+  torch``, one vectorised torch kernel per operation.
 * ``tv-tensor``: ``torchvision.transforms.v2`` applied image by image to uint8
   tensors ``[C, H, W]``, twice per image, then stacked as a ``DataLoader``'s
   default collate would: what a dataset's ``__getitem__`` does per sample.
@@ -57,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules,
 from environment import load_average, machine  # noqa: E402
 
 RECIPES = ("simclr", "byol")
-PIPELINES = ("jef", "tv-tensor", "tv-pil")
+PIPELINES = ("jef", "jef-eager", "tv-tensor", "tv-pil")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -74,11 +77,12 @@ def recipe_options(recipe: str, size: int) -> dict:
 # -- the pipelines -----------------------------------------------------------------------------------------------
 
 
-def jef_pipeline(recipe: str, size: int, batch: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+def jef_pipeline(recipe: str, size: int, batch: int, backend: str = "auto"
+                 ) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """jef's augmenter on the images in chunks of ``batch``; returns the two view batches of the last chunk."""
     from jef.augment import ViewsAugmenter, ViewsOptions
 
-    aug = ViewsAugmenter(ViewsOptions(**recipe_options(recipe, size)), in_channels=3)
+    aug = ViewsAugmenter(ViewsOptions(**recipe_options(recipe, size), cpu_backend=backend), in_channels=3)
     generator = torch.Generator().manual_seed(0)
 
     def run(images: torch.Tensor) -> list[torch.Tensor]:
@@ -162,7 +166,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     from PIL import Image
 
     rows = []
-    pipelines = [p for p in PIPELINES if p != "tv-pil" or args.pil]
+    pipelines = [p for p in PIPELINES if (p != "tv-pil" or args.pil) and (p != "jef-eager" or fused_available())]
     for size, source in args.sizes:
         g = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (args.images, 3, source, source), dtype=torch.uint8, generator=g)
@@ -170,6 +174,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         tail = (len(images) - 1) % args.batch + 1
         for recipe in args.recipes:
             runs = {"jef": (jef_pipeline(recipe, size, args.batch), images),
+                    "jef-eager": (jef_pipeline(recipe, size, args.batch, backend="torch"), images),
                     "tv-tensor": (per_image_pipeline(recipe, size, args.batch, pil=False), images),
                     "tv-pil": (per_image_pipeline(recipe, size, args.batch, pil=True), pil_images)}
             for threads in args.threads:
@@ -195,25 +200,44 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def fused_available() -> bool:
+    """Whether jef's augmenter runs its fused numba kernels here (then its eager ops are timed too)."""
+    from jef.augment import cpu_kernels
+
+    return cpu_kernels.available()
+
+
+def backend_line() -> str:
+    """What ``cpu_backend: auto`` runs on this machine."""
+    if not fused_available():
+        return "jef: eager torch operations (numba not installed)"
+    import numba
+
+    return f"jef: fused numba kernels (numba {numba.__version__}); jef eager: `cpu_backend: torch`"
+
+
 def table(rows: list[dict], args: argparse.Namespace, started: str, load_before: str) -> str:
     """The markdown report: header lines then one row per cell."""
     pil = args.pil
+    eager = fused_available()
     lines = [
         f"Command: `{shlex.join(['python', *sys.argv])}`  ",
         f"Date: {started}  ",
         f"Machine: {machine()}  ",
         f"Load average (1/5/15 min): {load_before} before, {load_average()} after  ",
         f"Threads: `torch.set_num_threads` per row (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
-        f"{args.images} images per timing, jef batch {args.batch}, median of {args.repeats} interleaved repeats",
+        f"{args.images} images per timing, jef batch {args.batch}, median of {args.repeats} interleaved repeats  ",
+        backend_line(),
         "",
-        "| view px | source px | recipe | threads | jef img/s | torchvision tensor img/s | jef ÷ tensor |"
-        + (" torchvision PIL img/s | jef ÷ PIL |" if pil else ""),
-        "|---:|---:|---|---:|---:|---:|---:|" + ("---:|---:|" if pil else ""),
+        "| view px | source px | recipe | threads | jef img/s |" + (" jef eager img/s |" if eager else "")
+        + " torchvision tensor img/s | jef ÷ tensor |" + (" torchvision PIL img/s | jef ÷ PIL |" if pil else ""),
+        "|---:|---:|---|---:|---:|" + ("---:|" if eager else "") + "---:|---:|" + ("---:|---:|" if pil else ""),
     ]
     for r in rows:
         rate = r["rate"]
         line = (f"| {r['size']} | {r['source']} | {r['recipe']} | {r['threads']} | {rate['jef']:,.0f} | "
-                f"{rate['tv-tensor']:,.0f} | {rate['jef'] / rate['tv-tensor']:.1f}× |")
+                + (f"{rate['jef-eager']:,.0f} | " if eager else "")
+                + f"{rate['tv-tensor']:,.0f} | {rate['jef'] / rate['tv-tensor']:.1f}× |")
         if pil:
             line += f" {rate['tv-pil']:,.0f} | {rate['jef'] / rate['tv-pil']:.1f}× |"
         lines.append(line)

@@ -240,6 +240,8 @@ def _resolve(cfg: dict[str, Any], plugins, resolve):  # noqa: ANN001, ANN202
         overrides.append(f"functionals.0.size={cfg['queue']}")
     if cfg.get("steps"):
         overrides.append(f"train.max_steps={cfg['steps']}")
+    if cfg.get("framework") == "jef":  # --jef-override: an ablation of jef's side only
+        overrides += cfg.get("jef_override", [])
     return resolve(user, overrides, registry=plugins.registry) if overrides else pipeline
 
 

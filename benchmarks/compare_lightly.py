@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=5, help="steps per throughput window")
     p.add_argument("--step-steps", type=int, default=30, help="steps of each model-step-alone run (0: skip)")
     p.add_argument("--step-repeats", type=int, default=3, help="interleaved model-step-alone runs per framework")
+    p.add_argument("--jef-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a jef pipeline override for jef's runs only (repeatable), e.g. target.shuffle_bn=false: "
+                        "for ablations, no longer identical work")
     p.add_argument("--out", default="compare_lightly.json", help="raw results (JSON)")
     p.add_argument("--from-json", metavar="PATH", help="print the tables of an earlier run's raw results and exit")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     base = {k: getattr(args, k) for k in ("epochs", "steps", "subset_train", "subset_test", "batch_size", "width",
                                            "blocks", "queue", "probe_epochs", "threads", "workers", "device",
-                                           "precision", "warmup_steps", "window")}
+                                           "precision", "warmup_steps", "window", "jef_override")}
     command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}", Path(sys.executable).name,
                         *sys.argv])
     header = {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),

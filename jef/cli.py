@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jef: error: {error}", file=sys.stderr)
         return 1
     except BuildError as error:
-        if not isinstance(error.__cause__, OSError | ValueError):  # likely a bug in the plugin: show where
+        # A bad file, value or missing package is said in the message; anything else is likely a bug: show where.
+        if not isinstance(error.__cause__, OSError | ValueError | ImportError):
             traceback.print_exception(error.__cause__, file=sys.stderr)
         print(f"jef: error: {error}", file=sys.stderr)
         return 2

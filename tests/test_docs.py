@@ -474,6 +474,18 @@ def tiny(overrides, plugins):
     return resolve(merge(TINY_PIPELINE, overrides), source="pipeline.yaml", registry=plugins.registry)
 
 
+def test_numba_missing_is_explained_as_documented(plugins, monkeypatch):
+    from jef.augment import cpu_kernels
+    from jef.registry import BuildError
+    from jef.train import train
+
+    monkeypatch.setattr(cpu_kernels, "_import", lambda: None)  # as if numba were not installed
+    pipeline = tiny({"augmenter": {"name": "views", "cpu_backend": "numba"}}, plugins)
+    with pytest.raises(BuildError) as error:
+        train(pipeline, cpu=True, plugins=plugins)
+    assert_documented("troubleshooting.md", "need numba", f"jef: error: {error.value}")
+
+
 def test_fp16_on_cpu_is_refused_as_documented(plugins):
     from jef.train import train
 

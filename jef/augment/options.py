@@ -12,6 +12,8 @@ arXiv:2006.07733, app. B) are ``blur_p: [1.0, 0.1]``, ``solarize_p: [0.0,
 multi-crop (Caron et al., arXiv:2006.09882) adds ``n_local`` small views.
 """
 
+from typing import Literal
+
 import attrs
 from attrs import validators as v
 
@@ -106,6 +108,9 @@ class ViewsOptions:
                                              _probability)
     solarize_threshold: float = _field(0.5, "solarisation inverts pixels >= this value", [v.ge(0.0), v.le(1.0)])
     normalize: bool = _field(True, "normalise views by mean and std")
+    cpu_backend: Literal["auto", "numba", "torch"] = _field(
+        "auto", "CPU implementation: numba (fused kernels, `pip install 'jef[numba]'`), torch (eager ops), "
+        "auto (numba when installed); same views either way", v.in_(("auto", "numba", "torch")))
     mean: list[float] | None = _field(None, "channel means (1 or 3 values); null: ImageNet's, averaged for 1 channel",
                                       _stats)
     std: list[float] | None = _field(None, "channel stds (1 or 3 values); null: ImageNet's, averaged for 1 channel",

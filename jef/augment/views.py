@@ -7,7 +7,10 @@ separable bilinear resample), colour jitter (the samples that drew the same
 order of its four operations together), grayscale, Gaussian blur,
 solarisation (each on the samples that drew it), normalisation. On a CPU the
 batch goes through in chunks of a few images, so that these memory-bound
-operations work in the cache; on an accelerator it is one chunk.
+operations work in the cache, and with numba installed each chunk goes
+through the fused kernels of :mod:`jef.augment.cpu_kernels` (option
+``cpu_backend``) instead of the eager operations; on an accelerator the
+batch is one chunk of eager operations.
 
 References:
     [1] Chen et al., A Simple Framework for Contrastive Learning of Visual
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jef.augment import ops
+from jef.augment import cpu_kernels, ops
 from jef.augment.options import ViewsOptions
 from jef.augment.params import ViewParams, sample_params
 from jef.components import RunContext
@@ -91,6 +94,9 @@ class ViewsAugmenter(nn.Module):
         # Per-view probabilities as small CPU tensors: parameters are drawn on the CPU.
         self._probs = {key: torch.tensor(o.per_view(name)) for key, name in _PROBS.items()}
         self._blur = any(p > 0.0 for p in o.per_view("blur_p"))
+        if o.cpu_backend == "numba":
+            cpu_kernels.compiled()  # fail at construction, with the install hint, when numba is missing
+        self._fused_cpu = o.cpu_backend == "numba" or (o.cpu_backend == "auto" and cpu_kernels.available())
 
     def extra_repr(self) -> str:
         shard = f", rank={self.rank}, world_size={self.world_size}" if self.world_size > 1 else ""
@@ -141,14 +147,39 @@ class ViewsAugmenter(nn.Module):
         batch = x.shape[0]
         out = torch.empty(n_views, batch, x.shape[1], size, size, device=x.device)
         chunk = batch
+        fused = self._fused_cpu and x.device.type == "cpu"
         if x.device.type == "cpu":
             per_image = n_views * x.shape[1] * (size * size + x.shape[-1] * x.shape[-2]) * 4
-            chunk = max(1, min(batch, CPU_CHUNK_BYTES // per_image))
-        for start in range(0, batch, chunk):
-            stop = min(start + chunk, batch)
+            # The fused kernels run chunks on torch's threads: at least one chunk per thread.
+            parallel = -(-batch // torch.get_num_threads()) if fused else batch
+            chunk = max(1, min(batch, CPU_CHUNK_BYTES // per_image, parallel))
+        spans = [(start, min(start + chunk, batch)) for start in range(0, batch, chunk)]
+        if fused:
+            cpu_kernels.map_chunks(lambda start, stop: self._fused_transform(
+                x[start:stop], params.images(start, stop), size, out[:, start:stop]), spans)
+            return out.view(n_views * batch, x.shape[1], size, size)
+        for start, stop in spans:
             views = self.transform(x[start:stop], params.images(start, stop), size)
             out[:, start:stop] = self._normalize(views, inplace=True).view(n_views, stop - start, *views.shape[1:])
         return out.view(n_views * batch, x.shape[1], size, size)
+
+    def _fused_transform(self, x: Tensor, params: ViewParams, size: int, out: Tensor) -> None:
+        # transform + normalisation through the fused CPU kernels, written into out [V, b, C, size, size].
+        cpu = params.to(torch.device("cpu"))
+        views = cpu_kernels.crop_resample(x, cpu.theta, size)
+        rgb = views.shape[1] == 3
+        drawn, order = self._jitter_plan(cpu)
+        cpu_kernels.colour(views, cpu.jitter, order, drawn, cpu.gray, saturation=rgb,
+                           hue=rgb and self.options.hue > 0.0)
+        if self._blur:
+            kernels = ops.gaussian_kernels(cpu.sigma, cpu.blur, ops.blur_kernel_size(size, self.options.blur_kernel))
+            cpu_kernels.blur(views, kernels, cpu.blur)
+        channels = views.shape[1]
+        if self.options.normalize:
+            mean, std = (torch.tensor(s, dtype=torch.float32) for s in self.options.channel_stats(channels))
+        else:
+            mean, std = torch.zeros(channels), torch.ones(channels)
+        cpu_kernels.finish(views, cpu.solarize, self.options.solarize_threshold, mean, std, out)
 
     def transform(self, x: Tensor, params: ViewParams, size: int) -> Tensor:
         """Apply drawn parameters to images; no normalisation.
@@ -173,24 +204,32 @@ class ViewsAugmenter(nn.Module):
         if out.shape[1] == 3:
             out = _where(out, cpu.gray, lambda sub, _: ops.grayscale(sub))
         if self._blur:  # no work at all when blur is off for every view
-            k = ops.blur_kernel_size(size, self.options.blur_kernel)
-            sigma = cpu.sigma.to(out.device)
-            out = _where(out, cpu.blur, lambda sub, rows: ops.gaussian_blur(sub, ops.gaussian_kernels(
-                sigma[rows], torch.ones_like(rows, dtype=torch.bool), k)))
+            out = self._blur_where(out, cpu)
         threshold = self.options.solarize_threshold
         return _where(out, cpu.solarize, lambda sub, _: torch.where(sub >= threshold, 1.0 - sub, sub))
+
+    def _blur_where(self, x: Tensor, params: ViewParams) -> Tensor:
+        k = ops.blur_kernel_size(x.shape[-1], self.options.blur_kernel)
+        sigma = params.sigma.to(x.device)
+        return _where(x, params.blur, lambda sub, rows: ops.gaussian_blur(sub, ops.gaussian_kernels(
+            sigma[rows], torch.ones_like(rows, dtype=torch.bool), k)))
+
+    def _jitter_plan(self, params: ViewParams) -> tuple[Tensor, Tensor]:
+        # The samples jittered (those that drew no jitter have identity factors
+        # and are left alone) and the order of each one's four operations.
+        drawn = (params.jitter != params.jitter.new_tensor([1.0, 1.0, 1.0, 0.0])).any(dim=1)
+        order = params.order if self.options.jitter_random_order else torch.arange(4).expand_as(params.order)
+        return drawn, order
 
     def _jitter(self, x: Tensor, params: ViewParams) -> Tensor:
         # Colour jitter as torchvision's ColorJitter [1]: each operation with a
         # per-sample factor, in a random order per sample, without a loop over
         # samples: the samples that drew the same order are transformed
-        # together, one call per operation, and those that drew no jitter
-        # (identity factors) are left alone.
+        # together, one call per operation.
         rgb = x.shape[1] == 3
         runs = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation if rgb else None,
                 ops.adjust_hue if rgb and self.options.hue > 0.0 else None)
-        drawn = (params.jitter != params.jitter.new_tensor([1.0, 1.0, 1.0, 0.0])).any(dim=1)
-        order = params.order if self.options.jitter_random_order else torch.arange(4).expand_as(params.order)
+        drawn, order = self._jitter_plan(params)
         code = torch.where(drawn, order @ torch.tensor([64, 16, 4, 1]), -1)
         factors = params.jitter.to(x.device)
         for value in code.unique().tolist():
