@@ -62,7 +62,15 @@ class BenchResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    #: Calls per batch: 2 runs a two-view batch one view at a time (BatchNorm statistics per view), for ablations.
+    chunks: int = 1
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.chunks > 1:
+            return torch.cat([self._forward(part) for part in x.chunk(self.chunks)])
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
 
 
@@ -86,6 +94,7 @@ class _JefBench:
 
     def _build(self, options: Any, ctx: Any) -> nn.Module:
         self.backbone = make_backbone(self.cfg)
+        self.backbone.chunks = self.cfg.get("jef_backbone_chunks", 1)  # --jef-backbone-chunks (jef's side only)
         return self.backbone
 
     def _hooks(self):  # noqa: ANN202 - hookimpl-decorated bound functions, made lazily (jef imported late)

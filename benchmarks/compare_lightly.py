@@ -105,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jef-override", action="append", default=[], metavar="KEY=VALUE",
                    help="a jef pipeline override for jef's runs only (repeatable), e.g. target.shuffle_bn=false: "
                         "for ablations, no longer identical work")
+    p.add_argument("--jef-backbone-chunks", type=int, default=1, metavar="N",
+                   help="jef's backbone splits each call into N (2: one view at a time, as lightly calls it); "
+                        "an ablation")
     p.add_argument("--out", default="compare_lightly.json", help="raw results (JSON)")
     p.add_argument("--from-json", metavar="PATH", help="print the tables of an earlier run's raw results and exit")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     base = {k: getattr(args, k) for k in ("epochs", "steps", "subset_train", "subset_test", "batch_size", "width",
                                            "blocks", "queue", "probe_epochs", "threads", "workers", "device",
-                                           "precision", "warmup_steps", "window", "jef_override")}
+                                           "precision", "warmup_steps", "window", "jef_override",
+                                           "jef_backbone_chunks")}
     command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}", Path(sys.executable).name,
                         *sys.argv])
     header = {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),

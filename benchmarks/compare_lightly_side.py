@@ -168,7 +168,10 @@ class LightlyMethod(nn.Module):
                 for v in views:
                     shuffled, idx = batch_shuffle(v)
                     k.append(batch_unshuffle(self.projector_t(self.backbone_t(shuffled)), idx))
-            return 0.5 * (self.criterion(q[0], k[1]) + self.criterion(q[1], k[0]))
+            # Both pairs in one call: the memory bank's negatives are the keys of earlier steps for both, and
+            # all 2B keys are enqueued after. Two calls would enqueue k1 before the second and make each
+            # sample's own key a negative of its other view's query: not jef's loss, nor MoCo's.
+            return self.criterion(torch.cat([q[0], q[1]]), torch.cat([k[1], k[0]]))
         if m in ("byol", "simsiam"):
             z = [self.projector(self.backbone(v)) for v in views]
             p = [self.predictor(x) for x in z]
