@@ -58,7 +58,8 @@ def compiled() -> ModuleType:
     return module
 
 
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+#: This process's pool and its key (process id, threads); a new thread count or a forked process makes a new one.
+_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
 
 
 def map_chunks(work: Callable[[int, int], None], spans: Sequence[tuple[int, int]]) -> None:
@@ -74,10 +75,13 @@ def map_chunks(work: Callable[[int, int], None], spans: Sequence[tuple[int, int]
         for start, stop in spans:
             work(start, stop)
         return
+    global _pool
     key = (os.getpid(), threads)
-    if key not in _pools:
-        _pools[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jef-views")
-    futures = [_pools[key].submit(work, start, stop) for start, stop in spans]
+    if _pool is None or _pool[0] != key:
+        if _pool is not None and _pool[0][0] == key[0]:
+            _pool[1].shutdown(wait=False)  # this process's pool of the old size (a forked copy has no threads)
+        _pool = (key, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jef-views"))
+    futures = [_pool[1].submit(work, start, stop) for start, stop in spans]
     wait(futures)
     for future in futures:
         future.result()

@@ -204,15 +204,12 @@ class ViewsAugmenter(nn.Module):
         if out.shape[1] == 3:
             out = _where(out, cpu.gray, lambda sub, _: ops.grayscale(sub))
         if self._blur:  # no work at all when blur is off for every view
-            out = self._blur_where(out, cpu)
+            k = ops.blur_kernel_size(size, self.options.blur_kernel)
+            sigma = cpu.sigma.to(out.device)
+            out = _where(out, cpu.blur, lambda sub, rows: ops.gaussian_blur(sub, ops.gaussian_kernels(
+                sigma[rows], torch.ones_like(rows, dtype=torch.bool), k)))
         threshold = self.options.solarize_threshold
         return _where(out, cpu.solarize, lambda sub, _: torch.where(sub >= threshold, 1.0 - sub, sub))
-
-    def _blur_where(self, x: Tensor, params: ViewParams) -> Tensor:
-        k = ops.blur_kernel_size(x.shape[-1], self.options.blur_kernel)
-        sigma = params.sigma.to(x.device)
-        return _where(x, params.blur, lambda sub, rows: ops.gaussian_blur(sub, ops.gaussian_kernels(
-            sigma[rows], torch.ones_like(rows, dtype=torch.bool), k)))
 
     def _jitter_plan(self, params: ViewParams) -> tuple[Tensor, Tensor]:
         # The samples jittered (those that drew no jitter have identity factors
