@@ -17,8 +17,10 @@ training process forks ``DataLoader`` workers.
 import numba
 import numpy as np
 
+from jef.augment.ops import LUMA
+
 F0, F1, F2 = np.float32(0.0), np.float32(1.0), np.float32(2.0)
-LUMA_R, LUMA_G, LUMA_B = np.float32(0.299), np.float32(0.587), np.float32(0.114)
+LUMA_R, LUMA_G, LUMA_B = (np.float32(weight) for weight in LUMA)
 
 _JIT = dict(cache=True, error_model="numpy", nogil=True)
 
@@ -66,13 +68,14 @@ def crop_resample(src, theta, scale, out):  # noqa: ANN001, ANN201
     """
     batch, channels, height, width = src.shape
     rows, size = out.shape[0], out.shape[2]
+    left, right = np.empty(size, np.int64), np.empty(size, np.int64)
+    top, bottom = np.empty(size, np.int64), np.empty(size, np.int64)
+    fx, fy = np.empty(size, np.float32), np.empty(size, np.float32)
     for job in range(rows * channels):
         r, c = job // channels, job % channels
-        left, right = np.empty(size, np.int64), np.empty(size, np.int64)
-        top, bottom = np.empty(size, np.int64), np.empty(size, np.int64)
-        fx, fy = np.empty(size, np.float32), np.empty(size, np.float32)
-        _taps(np.float64(theta[r, 0, 0]), np.float64(theta[r, 0, 2]), width, size, left, right, fx)
-        _taps(np.float64(theta[r, 1, 1]), np.float64(theta[r, 1, 2]), height, size, top, bottom, fy)
+        if c == 0:  # the sampling positions of a view, shared by its channels
+            _taps(np.float64(theta[r, 0, 0]), np.float64(theta[r, 0, 2]), width, size, left, right, fx)
+            _taps(np.float64(theta[r, 1, 1]), np.float64(theta[r, 1, 2]), height, size, top, bottom, fy)
         plane, dst = src[r % batch, c], out[r, c]
         upper, lower = np.empty(size, np.float32), np.empty(size, np.float32)
         upper_line, lower_line = -1, -1

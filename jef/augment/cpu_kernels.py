@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jef.augment import ops
+
 __all__ = ["available", "blur", "colour", "compiled", "crop_resample", "finish", "map_chunks"]
 
 INSTALL_HINT = "pip install 'jef[numba]'"
@@ -92,14 +94,13 @@ def crop_resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
 
     Args:
         images: ``[B, C, H, W]`` uint8 (0..255) or float32 (``[0, 1]``) CPU images.
-        theta: ``[V, B, 2, 3]`` axis-aligned crop-and-flip maps (checked by the eager function's rules).
+        theta: ``[V, B, 2, 3]`` axis-aligned crop-and-flip maps.
         size: Side of the square outputs.
 
     Returns:
         ``[V * B, C, size, size]`` float32 in ``[0, 1]``, view-major.
     """
-    if bool((theta[..., 0, 1] != 0).any()) or bool((theta[..., 1, 0] != 0).any()):
-        raise ValueError("crop_resample: theta must be axis-aligned (crops and flips); use resample for rotations")
+    ops.check_axis_aligned(theta)
     n_views, batch = theta.shape[:2]
     out = torch.empty(n_views * batch, images.shape[1], size, size)
     scale = np.float32(1.0 / 255.0 if images.dtype == torch.uint8 else 1.0)  # float32 arithmetic, as the eager op

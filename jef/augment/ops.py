@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "blur_kernel_size",
-           "check_images", "crop_resample", "gaussian_blur", "gaussian_kernels", "grayscale", "normalize",
-           "random_grayscale", "resample", "solarize", "to_float"]
+           "check_axis_aligned", "check_images", "crop_resample", "gaussian_blur", "gaussian_kernels", "grayscale",
+           "normalize", "random_grayscale", "resample", "solarize", "to_float"]
 
 #: ITU-R 601-2 luma weights, the grayscale of PIL and torchvision.
 LUMA = (0.299, 0.587, 0.114)
@@ -85,6 +85,16 @@ def resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
     return out.reshape(n_views * batch, channels, size, size)
 
 
+def check_axis_aligned(theta: Tensor) -> None:
+    """Raise unless the ``[..., 2, 3]`` maps only crop, scale and flip (no rotation or shear).
+
+    Raises:
+        ValueError: If a map rotates or shears.
+    """
+    if bool((theta[..., 0, 1] != 0).any()) or bool((theta[..., 1, 0] != 0).any()):
+        raise ValueError("crop_resample: theta must be axis-aligned (crops and flips); use resample for rotations")
+
+
 def crop_resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
     """:func:`resample` for crops and flips (axis-aligned maps), separably and from uint8.
 
@@ -112,8 +122,7 @@ def crop_resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
     """
     n_views, batch = theta.shape[:2]
     _, channels, height, width = images.shape
-    if bool((theta[..., 0, 1] != 0).any()) or bool((theta[..., 1, 0] != 0).any()):
-        raise ValueError("crop_resample: theta must be axis-aligned (crops and flips); use resample for rotations")
+    check_axis_aligned(theta)
     device = images.device
     dtype = images.dtype if images.is_floating_point() else torch.float32
     u = (2.0 * torch.arange(size, dtype=torch.float64, device=theta.device) + 1.0) / size - 1.0
