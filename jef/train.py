@@ -33,6 +33,7 @@ from jef.config import Pipeline
 from jef.data_order import EpochSampler
 from jef.evaluate.protocols import evaluate_backbone, write_evaluation
 from jef.faults import RunInterrupted, handle_nonfinite, nonfinite_terms, stop_on_signals, sync_point
+from jef.launch import RunEnvironment, check_process_count
 from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
@@ -73,6 +74,7 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=train_options.precision,
                               gradient_accumulation_steps=train_options.grad_accum,
                               step_scheduler_with_optimizer=False)
+    check_process_count(accelerator.num_processes, source=pipeline.source)  # before anything is written
     torch.manual_seed(pipeline.seed + accelerator.process_index)
     directory = Path(run_dir or pipeline.run_dir or Path("runs") / Path(pipeline.source).stem).expanduser()
     resumed = None
@@ -117,6 +119,9 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     logger = MetricsLogger(directory, enabled=accelerator.is_main_process, tensorboard=train_options.tensorboard)
     if accelerator.is_main_process:
         write_run_files(directory, pipeline.to_dict(), plugin_listing(plugins))
+        environment = RunEnvironment.of(accelerator, train_options.precision)
+        tqdm.write(f"jef: training on {environment.describe()}; run directory {directory}", file=sys.stderr)
+        logger.write(run.step, environment.record())
     hook = plugins.manager.hook
     metrics: dict[str, float] = {}
     with run_plugins(plugins, [*built.components.values(), *built.monitors]):

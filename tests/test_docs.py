@@ -495,6 +495,16 @@ def test_fp16_on_cpu_is_refused_as_documented(plugins):
     assert_documented("troubleshooting.md", "fp16 needs a GPU", f"jef: error: {error.value}")
 
 
+def test_a_launch_of_fewer_processes_than_asked_is_refused_as_documented():
+    from jef.launch import check_process_count
+
+    environ = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}
+    command = ["accelerate", "launch", "--cpu", "--num_processes", "2", "-m", "jef", "train", "byol-cifar10.yaml"]
+    with pytest.raises(ValueError) as error:
+        check_process_count(1, source="byol-cifar10.yaml", environ=environ, parent_command=command)
+    assert_documented("distributed.md", "the launcher asked for", f"jef: error: {error.value}")
+
+
 def test_too_little_data_is_refused_as_documented(tmp_path, plugins):
     from jef.train import train
 

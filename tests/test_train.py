@@ -38,7 +38,9 @@ def test_tiny_run_calls_every_run_hook_and_writes_the_run_directory(plugins):
     steps = [line["step"] for line in lines if "loss" in line]
     assert steps == [1, 2, 3, 4]
     assert all(math.isfinite(line["loss"]) for line in lines if "loss" in line)
-    assert {"energy/scaled_cosine", "info_nce", "lr", "images_per_s"} <= set(lines[0])
+    assert lines[0] == {"step": 0, "time": lines[0]["time"], "run/world_size": 1.0, "run/device": "cpu",
+                        "run/precision": "no", "run/launcher": "none"}  # where it ran, before any step
+    assert {"energy/scaled_cosine", "info_nce", "lr", "images_per_s"} <= set(lines[1])
     assert 0.0 <= result.metrics["knn_top1"] <= 1.0
 
 

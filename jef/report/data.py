@@ -147,6 +147,8 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             if not isinstance(row, dict) or _number(row.get("step")) is None:
                 raise ReportError(f"{path}, line {number}: expected a JSON object with a numeric 'step', as "
                                   f"`jef train` writes; delete or repair that line")
+            if any(key.startswith("run/") for key in row):  # where a run (or its resumed part) ran: no step
+                continue
             if any(key.startswith("final/") for key in row):
                 final.update({key.removeprefix("final/"): value for key, value in row.items() if key != "step"
                               and key != "time"})
