@@ -31,7 +31,11 @@ def load_pipeline(path: Any, overrides: list[str] | None = None) -> Pipeline:
 
 
 def run(pipeline: Pipeline, **kwargs: Any) -> dict[str, float]:
-    """Train a validated pipeline; returns the final metrics. See :func:`jef.train.train`."""
+    """Train a validated pipeline; returns the final metrics. See :func:`jef.train.train`.
+
+    A run directory that already holds a run is refused (:class:`jef.run_dir.RunDirError`): pass ``resume=True``
+    to continue it, ``overwrite=True`` to move it aside and start afresh, or another ``run_dir``.
+    """
     from jef.train import train
 
     return train(pipeline, **kwargs)

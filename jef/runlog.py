@@ -13,6 +13,9 @@ import yaml
 
 from jef.checkpoint import atomic_write
 
+#: The metrics file of a run directory: one JSON object per line, each with its optimiser ``step``.
+METRICS_NAME = "metrics.jsonl"
+
 
 def plugin_listing(plugins: Any) -> list[dict[str, Any]]:
     """The plugins and their versions, as saved in each run directory and printed by ``jef plugins --json``."""
@@ -33,21 +36,27 @@ def write_run_files(directory: Path, pipeline_data: dict[str, Any], plugins: lis
 class MetricsLogger:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-    Only the main process writes; other processes keep the values for hooks.
+    Only the main process writes; other processes keep the values for hooks. A run resumed from a checkpoint at
+    step N trains steps N+1... again: the lines (and TensorBoard events) the interrupted run wrote after step N are
+    dropped first, so the file holds one history.
     """
 
-    def __init__(self, directory: Path | None, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, directory: Path | None, *, enabled: bool = True, tensorboard: bool = True,
+                 resumed_from: int | None = None) -> None:
         self.directory, self.enabled = directory, enabled and directory is not None
         self._file = None
         self._writer = None
         if self.enabled:
             assert directory is not None
             directory.mkdir(parents=True, exist_ok=True)
-            self._file = (directory / "metrics.jsonl").open("a", encoding="utf-8")
+            if resumed_from is not None:
+                drop_superseded(directory / METRICS_NAME, resumed_from)
+            self._file = (directory / METRICS_NAME).open("a", encoding="utf-8")
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(log_dir=str(directory / "tensorboard"))
+                purge = None if resumed_from is None else resumed_from + 1  # hides the events after the checkpoint
+                self._writer = SummaryWriter(log_dir=str(directory / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record ``metrics`` (floats or 0-d tensors) at ``step``."""
@@ -70,6 +79,32 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def drop_superseded(path: Path, step: int) -> None:
+    """Rewrite the metrics file ``path`` (atomically) without its lines after ``step``.
+
+    A line cut short by a killed process (the last one, without its newline) goes too; any other line is kept
+    as it is, for ``jef report`` to point at.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    kept = [line for line in lines if not _superseded(line, step)]
+    if kept and not kept[-1].endswith("\n"):
+        kept.pop()
+    if kept != lines:
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
+
+
+def _superseded(line: str, step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    value = row.get("step") if isinstance(row, dict) else None
+    return isinstance(value, int | float) and value > step
 
 
 def _as_float(value: Any) -> Any:

@@ -219,7 +219,8 @@ class TinyRunResult:
 
 
 def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_dir: str | Path | None = None,
-             plugins: Plugins | None = None, resume: bool | str = False, cpu: bool = True) -> TinyRunResult:
+             plugins: Plugins | None = None, resume: bool | str = False, cpu: bool = True,
+             overwrite: bool = False) -> TinyRunResult:
     """Run the real training loop (on the CPU unless ``cpu=False``) for ``steps`` steps on tiny synthetic data.
 
     Args:
@@ -230,6 +231,7 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
         plugins: The plugins to use (default: :func:`fresh_plugins` with entry points).
         resume: Continue from ``run_dir``'s checkpoint (``"force"``: even with a changed pipeline).
         cpu: Train on the CPU; False uses the GPU when there is one (GPU-only tests).
+        overwrite: Move a run already in ``run_dir`` aside first (a run directory holding a run is refused).
     """
     from jef.train import train
 
@@ -252,7 +254,8 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
 
     undo = plugins.manager.add_hookcall_monitoring(before, lambda *args: None)
     try:
-        metrics = train(validated, run_dir=directory, plugins=plugins, cpu=cpu or None, resume=resume)
+        metrics = train(validated, run_dir=directory, plugins=plugins, cpu=cpu or None, resume=resume,
+                        overwrite=overwrite)
     finally:
         undo()
     return TinyRunResult(metrics, called, directory)
