@@ -27,7 +27,7 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from jef.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, restore_run, save_run
+from jef.checkpoint import save_run
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.data_order import EpochSampler
@@ -37,8 +37,9 @@ from jef.launch import RunEnvironment, check_process_count
 from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
+from jef.run_dir import RunDir, claim_run_dir
 from jef.run_state import Run, run_plugins
-from jef.runlog import MetricsLogger, plugin_listing, write_run_files
+from jef.runlog import MetricsLogger, plugin_listing
 from jef.step_terms import EpochTerms, on_host, step_terms
 from jef.validate import ConfigError
 
@@ -46,14 +47,14 @@ __all__ = ["Run", "train"]
 
 
 def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool | Literal["force"] = False,
-          plugins: Plugins | None = None, cpu: bool | None = None) -> dict[str, float]:
+          overwrite: bool = False, plugins: Plugins | None = None, cpu: bool | None = None) -> dict[str, float]:
     """Train ``pipeline``; return the final metrics (loss terms, ``knn_top1`` when labelled).
 
     Args:
         pipeline: The validated pipeline.
         run_dir: Where the checkpoint, metrics and resolved pipeline go (default ``runs/<file stem>``).
-        resume: Continue from the run directory's checkpoint; refused when the pipeline differs from the one
-            that wrote it, unless ``"force"``.
+        resume: Continue the run directory's run; refused when the pipeline differs, unless ``"force"``.
+        overwrite: Move a run already in the run directory aside (``NAME.old-<time>``); else it is refused.
         plugins: Loaded plugins (default: the installed ones).
         cpu: Force the CPU (default: a GPU when there is one).
 
@@ -61,7 +62,7 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
         jef.faults.RunInterrupted: SIGTERM or SIGINT stopped the run after its checkpoint was written.
         jef.faults.NonFiniteLossError: The loss went NaN/inf (``train.on_nonfinite: stop``); no checkpoint was
             written after that step.
-        jef.checkpoint.CheckpointError: The checkpoint to resume is unreadable or from another pipeline.
+        jef.run_dir.RunDirError, jef.checkpoint.CheckpointError: The run directory or its checkpoint is unusable.
     """
     plugins = plugins or get_plugins()
     train_options = pipeline.train
@@ -76,11 +77,12 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
                               step_scheduler_with_optimizer=False)
     check_process_count(accelerator.num_processes, source=pipeline.source)  # before anything is written
     torch.manual_seed(pipeline.seed + accelerator.process_index)
-    directory = Path(run_dir or pipeline.run_dir or Path("runs") / Path(pipeline.source).stem).expanduser()
-    resumed = None
-    if resume:  # before anything is built or written: a refused resume leaves the run directory as it was
-        resumed = load_checkpoint(directory / CHECKPOINT_NAME)
-        check_resumable(resumed, pipeline.to_dict(), directory / CHECKPOINT_NAME, force=resume == "force")
+    with claim_run_dir(pipeline, run_dir, accelerator, resume=resume, overwrite=overwrite) as claim:
+        return _train(pipeline, plugins, accelerator, claim)  # locked until it returns or raises
+
+
+def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim: RunDir) -> dict[str, float]:
+    train_options, directory = pipeline.train, claim.directory
     ctx = RunContext(seed=pipeline.seed, device=str(accelerator.device), world_size=accelerator.num_processes,
                      rank=accelerator.process_index, batch_size=train_options.batch_size,
                      global_batch_size=train_options.batch_size * accelerator.num_processes,
@@ -91,9 +93,9 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
         raise ConfigError(f"data {pipeline.data.name!r} has {len(splits.train)} images, fewer than one step's "
                           f"{ctx.global_batch_size * train_options.grad_accum}; lower train.batch_size",
                           path="train.batch_size", source=pipeline.source)
-    total = per_epoch * train_options.epochs
-    if train_options.max_steps:
-        total = min(total, train_options.max_steps)
+    total = min(per_epoch * train_options.epochs, train_options.max_steps or sys.maxsize)  # None: no cap
+    if (complete := claim.already_complete(total)) is not None:  # resumed a finished run: nothing to do
+        return complete
     built = build(pipeline, attrs.evolve(ctx, steps_per_epoch=per_epoch, total_steps=total), splits)
     ctx = built.ctx
     random_backbone = copy.deepcopy(built.model.backbone) if pipeline.eval.knn.baseline else None
@@ -114,11 +116,8 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
     generator = torch.Generator().manual_seed(pipeline.seed * 1000)  # alike everywhere: views of the global batch
     run = Run(ctx, pipeline, accelerator, model, augmenter, optimizer, scheduler,
               directory if accelerator.is_main_process else None, generator, built.splits, built.monitors)
-    if resumed is not None:  # before the run directory is touched: a checkpoint that does not fit changes nothing
-        restore_run(run, resumed)
-    logger = MetricsLogger(directory, enabled=accelerator.is_main_process, tensorboard=train_options.tensorboard)
+    logger = claim.open(run, plugin_listing(plugins))  # restores the checkpoint, then writes the run's files
     if accelerator.is_main_process:
-        write_run_files(directory, pipeline.to_dict(), plugin_listing(plugins))
         environment = RunEnvironment.of(accelerator, train_options.precision)
         tqdm.write(f"jef: training on {environment.describe()}; run directory {directory}", file=sys.stderr)
         logger.write(run.step, environment.record())

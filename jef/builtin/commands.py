@@ -38,6 +38,9 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a value of the file")
     parser.add_argument("--run-dir", help="directory for checkpoints and logs (default: run_dir or runs/<file>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run already in the run directory: it is moved aside to NAME.old-<time> "
+                             "(without this, a run directory holding a run is refused)")
     parser.add_argument("--force-resume", action="store_true",
                         help="resume even though the pipeline differs from the checkpoint's (the differences are "
                              "listed as a warning)")
@@ -52,8 +55,8 @@ def train_command(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
     resume = "force" if args.force_resume else args.resume
     try:
-        metrics = train(pipeline, run_dir=args.run_dir, resume=resume, plugins=args.plugins,
-                        cpu=True if args.cpu else None)
+        metrics = train(pipeline, run_dir=args.run_dir, resume=resume, overwrite=args.overwrite,
+                        plugins=args.plugins, cpu=True if args.cpu else None)
     except RunInterrupted as stopped:  # not an error: the job was asked to stop and saved its state
         print(f"jef: {stopped}", file=sys.stderr)
         return stopped.exit_status
