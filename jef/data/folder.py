@@ -12,6 +12,11 @@ files that are not readable images are dropped when the dataset is built
 decoding (truncated ones pass the header check), are replaced by the next
 readable image; both are warned about and listed in the run directory's
 ``skipped_images.txt``. With ``on_bad_image: error`` either is an error.
+
+Symbolic links are followed, each real file counted once, never in a loop and
+never from one class folder into another (:mod:`jef.data.walk` says what a link
+means); links left out, dangling ones included, are warned about and listed in
+``skipped_images.txt`` too.
 """
 
 from __future__ import annotations
@@ -37,34 +42,29 @@ from jef.data.image_check import (  # noqa: F401 -- SKIPPED_NAME and UnreadableI
     record_skipped,
     try_decode,
 )
+from jef.data.walk import Walk, is_image_name
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    return is_image_name(path.name) and path.is_file()
 
 
-def _images_under(directory: Path) -> list[Path]:
-    """Image files anywhere under ``directory``, sorted so that runs agree."""
-    found = []
-    for parent, dirs, files in os.walk(directory, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # skip .git, .ipynb_checkpoints, ...
-        found += [Path(parent, f) for f in files if _is_image(Path(parent, f))]
-    return sorted(found)
-
-
-def scan_folder(root: Path, labels: str, *,
-                what: str = "root") -> tuple[list[Path], list[int] | None, list[str] | None]:
+def scan_folder(root: Path, labels: str, *, what: str = "root",
+                left_out: dict[str, str] | None = None) -> tuple[list[Path], list[int] | None, list[str] | None]:
     """List a folder's images (by extension; nothing is opened) and, when labelled, their classes.
 
     A subdirectory without images is not a class: it is ignored, with a
-    warning when other subdirectories are classes.
+    warning when other subdirectories are classes. Symbolic links are
+    followed as :mod:`jef.data.walk` says: each real file once, never a loop,
+    never into another class's folder.
 
     Args:
         root: The folder.
         labels: ``"folders"`` (each subdirectory is a class), ``"none"``
             (every image under ``root``, unlabelled) or ``"auto"`` (folders when
             some subdirectory holds images, else none).
-        what: The option that named ``root`` (``root``, ``test_root``); messages name ``test_root``.
+        what: The option that named ``root`` (``root``, ``test_root``); messages name it (``data.root``).
+        left_out: Filled with ``{path: reason}`` of the links not followed and the second paths to a file.
 
     Returns:
         ``(paths, labels, class_names)``; the last two are None when unlabelled.
@@ -74,18 +74,28 @@ def scan_folder(root: Path, labels: str, *,
     """
     where = f"{what} {root}" if what != "root" else str(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image_folder: {where} is not a directory")
+        absolute = Path(os.path.abspath(root))
+        seen = f" ({absolute})" if absolute != root else ""
+        state = "is not a directory" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image_folder: data.{what} {root}{seen} {state}; set data.{what} to a folder of "
+                                "images")
     exts = " ".join(IMAGE_EXTENSIONS)
-    if labels == "none":
-        paths = _images_under(root)
-        if not paths:
-            raise FileNotFoundError(f"image_folder: no images found under {where} (looked for {exts})")
-        return paths, None, None
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = {d.name: _images_under(d) for d in subdirs}
-    empty = [name for name, files in per_class.items() if not files]
-    per_class = {name: files for name, files in per_class.items() if files}
-    loose = sorted(p for p in root.iterdir() if _is_image(p))
+    walk = Walk.of(root)
+    try:
+        if labels == "none":
+            paths = walk.images(root)
+            if not paths:
+                raise FileNotFoundError(f"image_folder: no images found under {where} (looked for {exts})")
+            return paths, None, None
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        folders = {d.name: walk.class_folder(d) for d in subdirs}  # all first: links may not reach another class
+        per_class = {d.name: walk.images(d, folders[d.name]) for d in subdirs if folders[d.name] is not None}
+        empty = [name for name, files in per_class.items() if not files]
+        per_class = {name: files for name, files in per_class.items() if files}
+        loose = sorted(p for p in root.iterdir() if _is_image(p)) if per_class else walk.images(root, recursive=False)
+    finally:
+        if left_out is not None:
+            left_out.update(walk.left_out)
     if not per_class:
         if labels == "folders":
             fix = ("the training root's subdirectories are classes, so test_root needs subdirectories of the "
@@ -242,6 +252,19 @@ def _drop(found: tuple[list[Path], list[int] | None, list[str] | None], bad: dic
     return paths, targets, classes
 
 
+def _report_left_out(left_out: dict[str, str], listings: dict[str, tuple[Path, tuple]], ctx: RunContext) -> None:
+    """Warn about the links not followed (and second paths to a file) and add them to the skipped-files list."""
+    if not left_out or ctx.rank != 0:
+        return
+    record = ctx.run_dir / SKIPPED_NAME if ctx.run_dir is not None else None
+    record_skipped(record, left_out)
+    roots = " and ".join(f"{what} {root}" for what, (root, _) in listings.items())
+    named = [f"{p} ({left_out[p]})" for p in sorted(left_out)]
+    where = f"; all are listed in {record}" if record is not None else ""
+    warnings.warn(f"image_folder: left out {len(left_out)} symbolic links or second paths to a file under {roots}: "
+                  f"{listing(named)}{where}", stacklevel=3)
+
+
 def _check_listings(listings: dict[str, tuple[Path, tuple]], options: FolderOptions,
                     ctx: RunContext) -> dict[str, str]:
     """Header-check every listed file; warn (skip) or raise (error); write the list; return the bad files."""
@@ -275,11 +298,14 @@ def build_image_folder(options: FolderOptions, ctx: RunContext) -> DataSplits:
     if options.test_root and options.test_fraction > 0:
         raise ValueError("image_folder: set test_root or test_fraction, not both")
     root = Path(options.root).expanduser()
-    listings: dict[str, tuple[Path, tuple]] = {"root": (root, scan_folder(root, options.labels))}
+    left_out: dict[str, str] = {}
+    listings: dict[str, tuple[Path, tuple]] = {"root": (root, scan_folder(root, options.labels, left_out=left_out))}
     test_dir = Path(options.test_root).expanduser() if options.test_root else None
     if test_dir is not None:
         test_labels_mode = "none" if listings["root"][1][2] is None else "folders"
-        listings["test_root"] = (test_dir, scan_folder(test_dir, test_labels_mode, what="test_root"))
+        listings["test_root"] = (test_dir, scan_folder(test_dir, test_labels_mode, what="test_root",
+                                                       left_out=left_out))
+    _report_left_out(left_out, listings, ctx)
     bad = _check_listings(listings, options, ctx) if options.check_images else {}
     paths, targets, classes = _drop(listings["root"][1], bad)
     if not paths:
