@@ -104,7 +104,8 @@ def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def check_resumable(state: dict[str, Any], pipeline: dict[str, Any], path: Path, *, force: bool = False) -> None:
+def check_resumable(state: dict[str, Any], pipeline: dict[str, Any], path: Path, *, force: bool = False,
+                    world_size: int | None = None) -> None:
     """Refuse to resume from ``state`` with a pipeline that computes something else than the one that wrote it.
 
     Args:
@@ -112,6 +113,8 @@ def check_resumable(state: dict[str, Any], pipeline: dict[str, Any], path: Path,
         pipeline: The resolved pipeline of the run about to resume (``Pipeline.to_dict()``).
         path: The checkpoint file, for the message.
         force: Resume anyway, warning with the differences.
+        world_size: The number of processes of the run about to resume (default: the size of the process group,
+            1 without one); another number than the one that wrote the checkpoint is refused too.
 
     Raises:
         CheckpointError: Naming every difference (``train.optimizer.lr: 0.1 -> 0.2``) and the ways out.
@@ -120,6 +123,9 @@ def check_resumable(state: dict[str, Any], pipeline: dict[str, Any], path: Path,
     if missing:
         raise CheckpointError(f"is not a training checkpoint of jef train (missing {', '.join(missing)}); it "
                               f"cannot be resumed", source=str(path))
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    _check_world_size(state, path, force=force, world_size=world_size)
     if "pipeline" not in state:
         return  # written before checkpoints recorded their pipeline
     differences = pipeline_differences(state["pipeline"], pipeline)
@@ -132,6 +138,41 @@ def check_resumable(state: dict[str, Any], pipeline: dict[str, Any], path: Path,
     raise CheckpointError(f"was written by a different pipeline; resuming would mix two runs:\n{listing}\n"
                           f"resume with the pipeline.yaml saved beside it, train into a new run_dir, or force it "
                           f"(jef train --resume --force-resume; train(..., resume='force'))", source=str(path))
+
+
+def saved_world_size(state: dict[str, Any]) -> int:
+    """The number of processes that wrote a checkpoint (older checkpoints: the per-process RNG states it holds)."""
+    if "world_size" in state:
+        return int(state["world_size"])
+    per_rank = state.get("rng", {}).get("torch_per_rank")
+    return 1 if per_rank is None else len(per_rank)
+
+
+def _check_world_size(state: dict[str, Any], path: Path, *, force: bool, world_size: int) -> None:
+    """Refuse (or, forced, warn about) resuming on another number of processes: it would not be the same run.
+
+    Each process's own random stream (seeded ``seed + rank``) cannot be carried over to another number of
+    processes, and ``train.batch_size`` is per process: kept as it is, the global batch (and the learning rate
+    scaled with it), the steps of an epoch and the place in the epoch's data order (``batch_in_epoch`` counts
+    each process's batches) all change.
+    """
+    saved = saved_world_size(state)
+    if saved == world_size:
+        return
+    batch = state.get("pipeline", {}).get("train", {}).get("batch_size")
+    processes = f"{saved} process{'es' if saved > 1 else ''}"
+    what = (f"was written by a run on {processes} and this run has {world_size}: a run resumes exactly only on as "
+            f"many processes as wrote its checkpoint (each process's random stream cannot be carried over, and "
+            f"train.batch_size is per process, so the global batch, the learning rate scaled with it, the steps "
+            f"of an epoch and the place in the epoch's data order would change)")
+    if force:
+        warnings.warn(f"{path}: {what}; resuming anyway (forced) from step {state['step']}", stacklevel=3)
+        return
+    keep = (f" (with train.batch_size={batch * saved // world_size} the global batch of {batch * saved} stays)"
+            if batch and batch * saved % world_size == 0 else "")
+    raise CheckpointError(f"{what}; resume it on {processes} (the launcher's --num_processes or --nproc_per_node), "
+                          f"train into a new run_dir, or force it{keep} (jef train --resume --force-resume; "
+                          f"train(..., resume='force'))", source=str(path))
 
 
 def pipeline_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -192,7 +233,7 @@ def save_run(run: Any) -> None:
     save_checkpoint(run.directory / CHECKPOINT_NAME, {
         "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
-        "batch_in_epoch": run.batch_in_epoch, "rng": rng,
+        "batch_in_epoch": run.batch_in_epoch, "rng": rng, "world_size": run.accelerator.num_processes,
         "monitors": _monitor_states(run), "pipeline": run.pipeline.to_dict()})
 
 
@@ -219,11 +260,17 @@ def restore_run(run: Any, state: dict[str, Any]) -> None:
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     run.checkpoint_step = run.step
     restore_rng_state(state["rng"], {"augment": run.generator})
-    rank, world = run.accelerator.process_index, run.accelerator.num_processes
+    rank = run.accelerator.process_index
     for key, put in (("torch", torch.set_rng_state), ("cuda", torch.cuda.set_rng_state)):
         per_rank = state["rng"].get(f"{key}_per_rank")
-        if per_rank is not None and len(per_rank) == world and (key == "torch" or torch.cuda.is_available()):
-            put(per_rank[rank])  # this process's own stream (rank 0's was restored above for every process)
+        if per_rank is None or not (key == "torch" or torch.cuda.is_available()):
+            continue
+        if rank < len(per_rank):  # this process's own stream (rank 0's was restored above for every process)
+            # A copy: a row of the [world, n] tensor is a view into its storage at an offset, which
+            # set_rng_state reads from the storage's start (rank >= 1: "Invalid mt19937 state", or a crash).
+            put(per_rank[rank].clone())
+        elif key == "torch":  # a forced resume on more processes: a stream of its own, not a copy of rank 0's
+            torch.manual_seed(run.pipeline.seed + rank)
     for key, monitor_state in state.get("monitors", {}).items():
         monitor = run.monitors[int(key)] if int(key) < len(run.monitors) else None
         if not callable(getattr(monitor, "load_state_dict", None)):  # only after --force-resume changed monitors

@@ -84,15 +84,16 @@ def _launched_as(rank: int, world_size: int) -> None:
                       LOCAL_WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
 
 
-def _train_job(rank: int, pipeline: dict[str, Any], steps: int, run_dir: str, world_size: int) -> dict[str, float]:
+def _train_job(rank: int, pipeline: dict[str, Any], steps: int, run_dir: str, world_size: int,
+               resume: bool | str = False) -> dict[str, float]:
     _launched_as(rank, world_size)
     from jef.testing import tiny_run
 
-    return tiny_run(pipeline, steps=steps, run_dir=run_dir).metrics
+    return tiny_run(pipeline, steps=steps, run_dir=run_dir, resume=resume).metrics
 
 
-def train_in_processes(pipeline: dict[str, Any], *, steps: int = 2, run_dir: str | Path,
-                       world_size: int = 2) -> list[dict[str, float]]:
+def train_in_processes(pipeline: dict[str, Any], *, steps: int = 2, run_dir: str | Path, world_size: int = 2,
+                       resume: bool | str = False) -> list[dict[str, float]]:
     """Train :func:`jef.testing.tiny_run`'s pipeline in ``world_size`` gloo processes, as ``accelerate launch`` would.
 
     The model is wrapped in DistributedDataParallel, so a parameter that gets
@@ -104,12 +105,13 @@ def train_in_processes(pipeline: dict[str, Any], *, steps: int = 2, run_dir: str
         steps: Optimiser steps.
         run_dir: The run directory (shared by the processes).
         world_size: Number of processes.
+        resume: Continue from ``run_dir``'s checkpoint (``"force"``: even with a changed pipeline).
 
     Returns:
         Each rank's final metrics.
     """
     job = functools.partial(_train_job, pipeline=dict(pipeline), steps=steps, run_dir=str(run_dir),
-                            world_size=world_size)
+                            world_size=world_size, resume=resume)
     return run_in_processes(job, world_size=world_size)
 
 

@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,10 @@ from jef.plugins import load_plugins
 from jef.testing import tiny_run
 
 def die():
+    if args["world_size"] > 1:  # tell the parent this process is there, and wait for it to kill every process
+        import time
+        open(os.path.join(args["markers"], f"rank{os.environ['RANK']}"), "w").close()
+        time.sleep(3600)
     os.kill(os.getpid(), signal.SIGKILL)
 
 class KillAtStep:
@@ -64,7 +71,8 @@ tiny_run(args["pipeline"], steps=args["steps"], run_dir=args["run_dir"], plugins
 
 
 def train_killed_at(pipeline: Mapping[str, Any], *, steps: int, run_dir: str | Path, kill_at: int | None = None,
-                    during_checkpoint: int = 0, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+                    during_checkpoint: int = 0, world_size: int = 1,
+                    timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     """Run ``tiny_run(pipeline, steps=steps, run_dir=run_dir)`` in a new process and SIGKILL it part-way.
 
     Args:
@@ -74,10 +82,13 @@ def train_killed_at(pipeline: Mapping[str, Any], *, steps: int, run_dir: str | P
         kill_at: Kill at the start of this optimiser step (1-based), before its forward pass.
         during_checkpoint: Kill in the middle of writing the n-th checkpoint (1-based) instead: half its bytes
             are written to the temporary file, then the process dies.
+        world_size: Train in this many gloo processes on the CPU, launched as ``torchrun`` launches them (one
+            intra-op thread each, as :func:`jef.testing.train_in_processes`); when every process has reached
+            step ``kill_at`` they are all killed with SIGKILL, as a cluster kills a job. ``kill_at`` only.
         timeout: Seconds before the process is considered hung.
 
     Returns:
-        The finished process (``returncode == -SIGKILL`` when it was killed, as intended).
+        The finished process (rank 0's with several; ``returncode == -SIGKILL`` when it was killed, as intended).
 
     Raises:
         AssertionError: The process was not killed (it failed, or finished before the chosen point); the
@@ -85,11 +96,55 @@ def train_killed_at(pipeline: Mapping[str, Any], *, steps: int, run_dir: str | P
     """
     if (kill_at is None) == (not during_checkpoint):
         raise ValueError("pass exactly one of kill_at (a step) and during_checkpoint (which checkpoint write)")
+    if world_size > 1 and during_checkpoint:
+        raise ValueError("during_checkpoint is for one process; with world_size > 1 pass kill_at")
+    threads = torch.get_num_threads() if world_size == 1 else 1
     args = {"pipeline": dict(pipeline), "steps": steps, "run_dir": str(run_dir), "kill_at": kill_at or -1,
-            "during_checkpoint": during_checkpoint, "threads": torch.get_num_threads()}
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    process = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args)], capture_output=True, text=True,
-                             timeout=timeout, env=env)
-    if process.returncode != -signal.SIGKILL:
-        raise AssertionError(f"the run was not killed (exit status {process.returncode}):\n{process.stderr[-3000:]}")
-    return process
+            "during_checkpoint": during_checkpoint, "threads": threads, "world_size": world_size}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if world_size == 1:
+        process = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args)], capture_output=True, text=True,
+                                 timeout=timeout, env=env)
+        if process.returncode != -signal.SIGKILL:
+            raise AssertionError(f"the run was not killed (exit status {process.returncode}):\n"
+                                 f"{process.stderr[-3000:]}")
+        return process
+    return _kill_processes(args, env, world_size, timeout)
+
+
+def _kill_processes(args: dict[str, Any], env: dict[str, str], world_size: int,
+                    timeout: float) -> subprocess.CompletedProcess[str]:
+    """Start ``world_size`` processes as torchrun would, wait until each has reached the step, SIGKILL them all."""
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="jef-kill-") as tmp:
+        markers, logs = Path(tmp) / "ready", Path(tmp) / "logs"
+        markers.mkdir()
+        logs.mkdir()
+        args = {**args, "markers": str(markers)}
+        processes = []
+        for rank in range(world_size):
+            launched = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            with open(logs / f"rank{rank}.err", "w") as err:  # a file, not a pipe nobody reads while waiting
+                processes.append(subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(args)], env=launched,
+                                                  stdout=subprocess.DEVNULL, stderr=err, text=True))
+        deadline = time.monotonic() + timeout
+        try:
+            while len(os.listdir(markers)) < world_size:  # every process waits at the start of step kill_at
+                if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            for process in processes:  # every process, also when one failed: never leave one behind
+                if process.poll() is None:
+                    process.kill()
+            codes = [process.wait() for process in processes]
+        errors = [(logs / f"rank{rank}.err").read_text() for rank in range(world_size)]
+    failed = [(rank, code) for rank, code in enumerate(codes) if code != -signal.SIGKILL]
+    if failed:
+        rank, code = failed[0]
+        raise AssertionError(f"the run was not killed: rank {rank} ended with exit status {code}:\n"
+                             f"{errors[rank][-3000:]}")
+    return subprocess.CompletedProcess(processes[0].args, codes[0], "", errors[0])
