@@ -289,16 +289,18 @@ def test_empty_roots_name_the_option_and_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=rf"no images found in {tmp_path / 'empty'} or its"):
         build_image_folder(FolderOptions(root=str(tmp_path / "empty")), CTX)
-    with pytest.raises(FileNotFoundError, match=rf"data.root {tmp_path / 'absent'} does not exist; set data.root"):
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'absent'} is not a directory \(data.root: no such "
+                                                rf"folder: {tmp_path / 'absent'}\); set data.root to a folder"):
         build_image_folder(FolderOptions(root=str(tmp_path / "absent")), CTX)
-    with pytest.raises(FileNotFoundError, match=rf"data.root {tmp_path / 'train/cats/000.png'} is not a directory"):
-        build_image_folder(FolderOptions(root=str(tmp_path / "train" / "cats" / "000.png")), CTX)
+    image = tmp_path / "train" / "cats" / "000.png"
+    with pytest.raises(FileNotFoundError, match=rf"{image} is not a directory \(data.root: names a file, not a fo"):
+        build_image_folder(FolderOptions(root=str(image)), CTX)
     with pytest.raises(FileNotFoundError, match=rf"test_root {tmp_path / 'empty'}.*test_root needs subdirectories"):
         build_image_folder(FolderOptions(root=str(tmp_path / "train"), test_root=str(tmp_path / "empty")), CTX)
     _good(tmp_path / "flat", 2)
     with pytest.raises(FileNotFoundError, match=rf"no images found under test_root {tmp_path / 'empty'}"):
         build_image_folder(FolderOptions(root=str(tmp_path / "flat"), test_root=str(tmp_path / "empty")), CTX)
-    with pytest.raises(FileNotFoundError, match=rf"data.test_root {tmp_path / 'absent'} does not exist"):
+    with pytest.raises(FileNotFoundError, match=rf"test_root {tmp_path / 'absent'} is not a directory \(data.test_"):
         build_image_folder(FolderOptions(root=str(tmp_path / "flat"), test_root=str(tmp_path / "absent")), CTX)
     _unreadable(tmp_path / "bad_test")
     with pytest.warns(UserWarning, match="skipped 3 of 5 files under root .* and test_root"), \

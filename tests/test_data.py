@@ -169,7 +169,7 @@ def test_image_folder_empty(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"no images found.*\.png"):
         build_image_folder(FolderOptions(root=str(tmp_path / "empty")), CTX)
-    with pytest.raises(FileNotFoundError, match=r"data\.root .*absent does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"absent is not a directory \(data\.root: no such folder"):
         build_image_folder(FolderOptions(root=str(tmp_path / "absent")), CTX)
 
 

@@ -36,6 +36,7 @@ from jef.data.base import IMAGE_EXTENSIONS, make_splits
 from jef.data.image_check import (  # noqa: F401 -- SKIPPED_NAME and UnreadableImageError are public here too
     SHOWN_IN_MESSAGES,
     SKIPPED_NAME,
+    ImageDecodeError,
     UnreadableImageError,
     check_images,
     listing,
@@ -75,10 +76,9 @@ def scan_folder(root: Path, labels: str, *, what: str = "root",
     where = f"{what} {root}" if what != "root" else str(root)
     if not root.is_dir():
         absolute = Path(os.path.abspath(root))
-        seen = f" ({absolute})" if absolute != root else ""
-        state = "is not a directory" if root.exists() else "does not exist"
-        raise FileNotFoundError(f"image_folder: data.{what} {root}{seen} {state}; set data.{what} to a folder of "
-                                "images")
+        state = f"names a file, not a folder: {absolute}" if root.exists() else f"no such folder: {absolute}"
+        raise FileNotFoundError(f"image_folder: {where} is not a directory (data.{what}: {state}); set data.{what} "
+                                "to a folder of images")
     exts = " ".join(IMAGE_EXTENSIONS)
     walk = Walk.of(root)
     try:
@@ -129,8 +129,9 @@ class FolderImages(Dataset):
     workers then share one buffer instead of touching (and copying) millions
     of Python objects' reference counts.
 
-    A file that cannot be decoded raises :class:`UnreadableImageError` when
-    ``on_bad_image`` is ``"error"``. With ``"skip"`` the item is the next
+    A file that cannot be decoded raises :class:`ImageDecodeError` (an
+    :class:`UnreadableImageError` that the command line shows as one line, from
+    a DataLoader worker too) when ``on_bad_image`` is ``"error"``. With ``"skip"`` the item is the next
     readable one instead (its image, label and index, so a batch keeps its
     shape and the choice is deterministic); each process warns once per file
     and remembers it, and the file is added to ``skipped``.
@@ -166,14 +167,15 @@ class FolderImages(Dataset):
             image, reason = try_decode(path, self.channels, self.image_size)
             if image is None:
                 if self.on_bad_image == "error":
-                    raise UnreadableImageError(f"image_folder: cannot decode image {path}: {reason}; delete or "
-                                               "replace the file, or set on_bad_image: skip to train without it")
+                    raise ImageDecodeError(f"image_folder: cannot decode image {path}: {reason} (data.on_bad_image: "
+                                           "error stops at the first); delete or replace the file, or set "
+                                           "on_bad_image: skip to train without it")
                 self._skip(position, path, reason)
                 continue
             label = int(self.labels[position]) if self.labels is not None else -1
             return image, label, position
-        raise UnreadableImageError(f"image_folder: none of the {len(self)} images can be decoded (the first: "
-                                   f"{self.paths[0]}: {self.unreadable.get(0)}); check the folder's files")
+        raise ImageDecodeError(f"image_folder: none of the {len(self)} images can be decoded (the first: "
+                               f"{self.paths[0]}: {self.unreadable.get(0)}); check the folder's files")
 
     def _skip(self, position: int, path: str, reason: str) -> None:
         self.unreadable[position] = reason

@@ -17,8 +17,9 @@ from typing import Any
 from torch import Tensor
 
 from jef.data.base import ImageModeError, decode_errors, pil_to_uint8
+from jef.validate import ConfigError
 
-__all__ = ["SHOWN_IN_MESSAGES", "SKIPPED_NAME", "UnreadableImageError", "check_images", "decode_image", "listing",
+__all__ = ["SHOWN_IN_MESSAGES", "SKIPPED_NAME", "ImageDecodeError", "UnreadableImageError", "check_images", "decode_image", "listing",
            "record_skipped", "try_decode"]
 
 #: File in the run directory that lists the skipped files, one ``path<TAB>reason`` per line.
@@ -32,6 +33,30 @@ _CHUNK = 256
 
 class UnreadableImageError(OSError):
     """An image file PIL cannot decode (or no readable image is left), with ``on_bad_image: error``."""
+
+
+class ImageDecodeError(UnreadableImageError, ConfigError):
+    """A file that failed while decoding, during a run: an error the command line shows as one line.
+
+    It is a :class:`~jef.validate.ConfigError` (what the user must change is the data or ``data.on_bad_image``;
+    a traceback would not help) and still an :class:`UnreadableImageError`. Raised in a DataLoader worker, it
+    reaches the main process re-made by torch as ``ImageDecodeError(text)``, the text holding the worker's
+    whole traceback: the constructor keeps only the original message from it, so the error stays one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        ConfigError.__init__(self, _worker_message(message, type(self).__name__))
+
+
+def _worker_message(message: str, name: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker (``message`` itself otherwise)."""
+    if not (message.startswith(f"Caught {name} ") and "\nOriginal Traceback" in message):
+        return message
+    for line in reversed(message.splitlines()):
+        head, sep, rest = line.partition(f"{name}: ")
+        if sep and (not head or head.endswith(".")):  # `jef.data.image_check.ImageDecodeError: ...`
+            return f"{rest} (in a DataLoader worker)"
+    return message
 
 
 def _reason(path: str, err: BaseException) -> str:

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from jef.components import DataSplits, RunContext
 from jef.data.base import decode_errors, make_splits, pil_to_uint8
+from jef.data.image_check import ImageDecodeError
 
 
 def dataset_classes() -> dict[str, type]:
@@ -111,9 +112,10 @@ class TorchvisionImages(Dataset):
         try:  # sets stored as image files (Flowers102, Caltech101, ...) decode them here
             img, target = self.dataset[index][:2]
         except decode_errors() as err:
-            raise OSError(f"torchvision dataset {self.name}: item {index} cannot be read: {type(err).__name__}: "
-                          f"{err}; if a file under the data root is damaged, delete it and download again, or use "
-                          "the image_folder dataset, which can skip unreadable images") from err
+            raise ImageDecodeError(
+                f"torchvision dataset {self.name}: item {index} cannot be read: {type(err).__name__}: {err}; if a "
+                "file under the data root is damaged, delete it and download again, or use the image_folder "
+                "dataset, which can skip unreadable images") from err
         if target is None:
             label = -1
         else:

@@ -1,0 +1,63 @@
+"""Bad input met during a run reaches the user as one ``jef: error:`` line, not a traceback.
+
+Each test runs ``jef train`` through :func:`jef.cli.main` on tiny data, as a user would.
+"""
+
+import io
+import re
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from jef.cli import main
+from jef.config import merge
+from jef.testing import TINY_PIPELINE
+
+
+def _train(capsys, tmp_path, pipeline: dict, *overrides: str) -> tuple[int, str]:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    code = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--cpu", *overrides])
+    return code, capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("jef: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def photos_with_a_cut_file(tmp_path):
+    """31 good images and one whose header is fine but whose pixel data stops halfway (passes the header check)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(31):
+        pixels = np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(99).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    cut = folder / "cut.jpg"
+    cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return cut
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_file_that_fails_while_decoding_in_error_mode_is_one_line(tmp_path, capsys, one_thread,
+                                                                    photos_with_a_cut_file, workers):
+    pipeline = merge(TINY_PIPELINE, {
+        "data": {"name": "image_folder", "root": str(photos_with_a_cut_file.parent), "image_size": 16,
+                 "labels": "none", "on_bad_image": "error"},
+        "train": {"num_workers": workers, "epochs": 1}})
+    pipeline["data"] = {k: v for k, v in pipeline["data"].items() if k in
+                        ("name", "root", "image_size", "labels", "on_bad_image")}
+    code, err = _train(capsys, tmp_path, pipeline)
+    line = _one_error_line(err)
+    assert code == 2
+    assert re.search(rf"cannot decode image {re.escape(str(photos_with_a_cut_file))}: OSError: image file is trunc",
+                     line), line
+    assert "data.on_bad_image: error" in line and "set on_bad_image: skip" in line
+    assert ("in a DataLoader worker" in line) == (workers > 0)
