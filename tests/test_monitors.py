@@ -65,14 +65,17 @@ def test_logs_every_n_steps_and_stays_silent_when_healthy():
         _steps(monitor, run, _healthy(), 10)
     assert [step for step, _ in run.logged] == [3, 6, 9]
     values = run.logged[0][1]
-    assert set(values) == {"collapse/std", "collapse/rank", "collapse/alignment", "collapse/uniformity"}
+    assert set(values) == {"collapse/std", "collapse/rank", "collapse/alignment", "collapse/uniformity",
+                           "collapse/dim"}
+    assert values["collapse/dim"] == 16.0  # the width d, for the report's reference lines
     assert all(isinstance(v, float) for v in values.values())
     assert values["collapse/std"] * math.sqrt(16) > 0.5 and values["collapse/rank"] > 8
     # _healthy() passes one tensor as both views: perfectly aligned, and spread out (uniformity well below 0).
     assert values["collapse/alignment"] == pytest.approx(0.0, abs=1e-6) and values["collapse/uniformity"] < -1
     metrics = {"knn_top1": 0.5}
     monitor.jef_run_end(run=run, metrics=metrics)
-    assert metrics == {"knn_top1": 0.5, **run.logged[-1][1]}
+    # The final metrics are the last measured values; d is logged with each check, not a final metric.
+    assert metrics == {"knn_top1": 0.5, **{k: v for k, v in run.logged[-1][1].items() if k != "collapse/dim"}}
 
 
 def test_warns_once_on_collapse(caplog):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -18,8 +20,9 @@ from jef.plugins import load_plugins
 from jef.report import ReportError, write_report
 from jef.report.curves import loss_panels, monitor_panels, reduce_curve, schedule_panels
 from jef.report.data import MISSING, RunRecord, pipeline_differences, read_run
+from jef.report.figures import curves_figure
 from jef.report.model import ModelFigures, model_figures
-from jef.report.sections import model_sections
+from jef.report.sections import curve_sections, model_sections
 from jef.testing import tiny_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -181,3 +184,38 @@ def test_long_curves_keep_their_spikes():
     x, means, lows, highs = reduce_curve(steps, values, points=100)
     assert len(x) == 100 and max(highs) == 50.0 and min(lows) == 1.0
     assert reduce_curve([1, 2], [3.0, 4.0]) == ([1, 2], [3.0, 4.0], [3.0, 4.0], [3.0, 4.0])
+
+
+def test_the_collapse_panels_show_the_healthy_level_and_the_warning_threshold(runs, plugins, tmp_path):
+    """collapse/std is the raw std of l2-normalised z: healthy about 1/sqrt(d), not 1; the monitor warns under
+    std_threshold/sqrt(d). Both are drawn, d being the logged width of z (the projector's last layer here)."""
+    record = read_run(runs[0])
+    d = record.pipeline["projector"]["dims"][-1]
+    assert record.series("collapse/dim")[1] == [float(d)] * 4
+    stds = record.series("collapse/std")[1]
+    assert all(0.5 / math.sqrt(d) < std < 1.5 / math.sqrt(d) for std in stds), stds  # the level really is 1/sqrt(d)
+    panels = monitor_panels([record])
+    assert "collapse/dim" not in [p.title for p in panels]  # the width is for the lines, not a curve
+    figure = curves_figure(panels)
+    drawn = {axes.get_title(): {line.get_label(): (list(line.get_ydata()), line.get_linestyle())
+                                for line in axes.get_lines()} for axes in figure.axes}
+    healthy, warning = 1 / math.sqrt(d), 0.1 / math.sqrt(d)
+    assert drawn["collapse/std"][f"healthy 1/sqrt({d}) = {healthy:.3g}"] == ([healthy, healthy], "--")
+    assert drawn["collapse/std"][f"warns under 0.1/sqrt({d}) = {warning:.3g}"] == ([warning, warning], ":")
+    assert drawn["collapse/rank"]["warns under 1.5"] == ([1.5, 1.5], ":")
+    text = html.unescape(write_report([runs[0]], tmp_path, plugins=plugins, model=False).read_text(encoding="utf-8"))
+    caption = re.search(r"<figcaption>(Values logged by the run's monitors[^<]*)</figcaption>", text).group(1)
+    assert "about 1/sqrt(d) when they spread over the sphere (dashed line)" in caption
+    assert "warns under std_threshold/sqrt(d) (dotted line)" in caption
+    assert "about 1 when" not in caption and "times sqrt(d)" not in caption
+
+
+def test_a_run_that_did_not_log_the_width_says_why_its_std_panel_has_no_lines():
+    rows = [{"step": 1, "collapse/std": 0.08}, {"step": 2, "collapse/std": 0.09}]
+    record = RunRecord(Path("old"), "old", "", {"monitors": [{"name": "collapse", "std_threshold": 0.1}]}, None,
+                       rows, [], {}, None)
+    (panel,) = monitor_panels([record])
+    assert panel.references == []
+    (_, watch) = curve_sections([record], {})
+    caption = html.unescape(watch.body)
+    assert "no run here logged collapse/dim" in caption and "1/sqrt(d) of the projector's output width" in caption

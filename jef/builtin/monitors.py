@@ -72,7 +72,8 @@ class CollapseMonitor:
     Every ``every`` steps it computes, on view 0 of the online branch's ``z``,
     the mean per-dimension std of the l2-normalised embeddings (SimSiam,
     arXiv:2011.10566) and their effective rank (RankMe, arXiv:2210.02885),
-    logs them as ``collapse/std`` and ``collapse/rank`` and warns once per run
+    logs them as ``collapse/std`` and ``collapse/rank`` (with the width d as
+    ``collapse/dim``, in the logged lines only) and warns once per run
     (:class:`~jef.evaluate.collapse.CollapseWarning` and the ``jef`` logger)
     when either falls under its threshold. The std threshold is relative to the
     healthy value ``1/sqrt(d)``, so one threshold fits every projector width.
@@ -127,7 +128,9 @@ class CollapseMonitor:
         if assigned is not None:
             self.last["collapse/target_entropy"] = assignment_entropy(assigned).item()
             self.last["collapse/target_usage"] = class_usage(assigned).item()
-        run.log(dict(self.last))
+        # d rides along (logged, not a final metric) so `jef report` can draw the healthy std 1/sqrt(d) and the
+        # warning threshold std_threshold/sqrt(d) on the collapse/std curve.
+        run.log({**self.last, "collapse/dim": float(z.shape[1])})
         # Every process sees the same kind of batch; one warning from rank 0 is enough.
         if not self.warned and getattr(getattr(run, "ctx", None), "rank", 0) == 0:
             problems = self._problems(std, rank, z.shape[1], assigned)

@@ -2,18 +2,22 @@
 
 A panel is one set of axes with one key (``info_nce``, ``collapse/rank``);
 each run that logged the key adds a curve to it, so comparing runs overlays
-them. Only keys that some run logged get a panel.
+them. Only keys that some run logged get a panel. The collapse monitor's
+panels also carry horizontal reference lines: the healthy level and the
+threshold it warns at, so a curve can be read against them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import math
+
 import attrs
 
 from jef.report.data import RunRecord
 
-__all__ = ["Curve", "Panel", "loss_panels", "monitor_panels", "reduce_curve", "schedule_panels"]
+__all__ = ["Curve", "Panel", "Reference", "loss_panels", "monitor_panels", "reduce_curve", "schedule_panels"]
 
 #: A curve longer than this is drawn as bucket means with a min-max band, so a 1M-step run stays quick to draw
 #: and a one-step spike still shows.
@@ -40,12 +44,32 @@ class Curve:
 
 
 @attrs.frozen
+class Reference:
+    """A horizontal line across a panel: a level to read the curves against.
+
+    Attributes:
+        value: Its height.
+        label: Legend text (what the level means, with its value).
+        warning: True for a threshold the monitor warns at (drawn dotted), False for a healthy level (dashed).
+    """
+
+    value: float
+    label: str
+    warning: bool = False
+
+
+@attrs.frozen
 class Panel:
-    """One set of axes: a title and the curves drawn on it."""
+    """One set of axes: a title, the curves drawn on it and reference lines."""
 
     title: str
     curves: list[Curve]
     log_scale: bool = False
+    references: list[Reference] = attrs.field(factory=list)
+
+
+#: Logged by the collapse monitor with each check: the width d of the embeddings, for the reference lines only.
+DIM_KEY = "collapse/dim"
 
 
 def _is_schedule(key: str) -> bool:
@@ -94,9 +118,10 @@ def monitor_panels(records: Sequence[RunRecord]) -> list[Panel]:
     The final kNN numbers of ``jef train`` are added as markers at the last step to a panel that tracks kNN
     top-1 online, so the end-of-training number can be read against the curve.
     """
-    panels = _panels(records, lambda record, key: not record.is_term(key) and not _is_schedule(key),
-                     epoch_means=True)
+    panels = _panels(records, lambda record, key: not record.is_term(key) and not _is_schedule(key)
+                     and key != DIM_KEY, epoch_means=True)
     for panel in panels:
+        panel.references.extend(_collapse_references(records, panel.title))
         if panel.title.endswith("knn_top1"):
             for index, record in enumerate(records):
                 if isinstance(record.final.get("knn_top1"), int | float):
@@ -104,6 +129,43 @@ def monitor_panels(records: Sequence[RunRecord]) -> list[Panel]:
                     panel.curves.append(Curve(index, label, [float(record.last_step)],
                                               [float(record.final["knn_top1"])], epoch=True))
     return panels
+
+
+def _collapse_options(record: RunRecord) -> dict[str, object]:
+    """The options of the run's collapse monitor as ``pipeline.yaml`` spells them out (empty when it has none)."""
+    for slot in record.pipeline.get("monitors") or []:
+        if isinstance(slot, dict) and str(slot.get("name", "")).rpartition(":")[2] == "collapse":
+            return slot
+    return {}
+
+
+def _collapse_references(records: Sequence[RunRecord], key: str) -> list[Reference]:
+    """The healthy level and the warning threshold of a collapse panel, one line per distinct value over runs.
+
+    ``collapse/std`` is the raw std of l2-normalised embeddings: about ``1/sqrt(d)`` when they spread over the
+    sphere, and the monitor warns under ``std_threshold/sqrt(d)``; d comes from the logged ``collapse/dim`` (a run
+    that did not log it gets no std lines). ``collapse/rank`` warns under ``rank_threshold``,
+    ``collapse/target_entropy`` at ``uniform_threshold`` and above.
+    """
+    lines: dict[tuple[float, bool], str] = {}
+    for record in records:
+        options = _collapse_options(record)
+        if key == "collapse/std":
+            dims = record.series(DIM_KEY)[1]
+            if not dims or dims[-1] < 1:
+                continue
+            d = int(dims[-1])
+            lines.setdefault((1 / math.sqrt(d), False), f"healthy 1/sqrt({d}) = {1 / math.sqrt(d):.3g}")
+            threshold = options.get("std_threshold")
+            if isinstance(threshold, int | float):
+                lines.setdefault((threshold / math.sqrt(d), True),
+                                 f"warns under {threshold:g}/sqrt({d}) = {threshold / math.sqrt(d):.3g}")
+        elif key == "collapse/rank" and isinstance(options.get("rank_threshold"), int | float):
+            lines.setdefault((float(options["rank_threshold"]), True), f"warns under {options['rank_threshold']:g}")
+        elif key == "collapse/target_entropy" and isinstance(options.get("uniform_threshold"), int | float):
+            lines.setdefault((float(options["uniform_threshold"]), True),
+                             f"warns at {options['uniform_threshold']:g} and above")
+    return [Reference(value, label, warning) for (value, warning), label in lines.items()]
 
 
 def reduce_curve(steps: Sequence[float], values: Sequence[float], points: int = CURVE_POINTS,

@@ -40,7 +40,10 @@ def run_colour(index: int) -> str:
 
 
 def curves_figure(panels: Sequence[Panel], *, columns: int = 3) -> Figure:
-    """One axes per panel, each run's curve in its colour; long curves as means with a min-max band."""
+    """One axes per panel, each run's curve in its colour; long curves as means with a min-max band.
+
+    A panel's reference lines are grey and horizontal: dashed for a healthy level, dotted for a warning threshold.
+    """
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns)
     width, height = 4.4 * columns, 3.0 * rows
@@ -61,6 +64,9 @@ def curves_figure(panels: Sequence[Panel], *, columns: int = 3) -> Figure:
                       label=curve.label)
             if lows != highs:
                 axes.fill_between(steps, lows, highs, color=colour, alpha=0.2, linewidth=0)
+        for reference in panel.references:  # grey, so no run's colour is mistaken for a level
+            axes.axhline(reference.value, color="0.35", linewidth=1, linestyle=":" if reference.warning else "--",
+                         label=reference.label)
         axes.set_title(panel.title, fontsize=10)
         axes.set_xlabel("step", fontsize=8)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -68,7 +74,7 @@ def curves_figure(panels: Sequence[Panel], *, columns: int = 3) -> Figure:
         axes.grid(alpha=0.3)
         if panel.log_scale:
             axes.set_yscale("log")
-        if len({curve.label for curve in panel.curves}) > 1:
+        if len({curve.label for curve in panel.curves}) > 1 or panel.references:
             axes.legend(fontsize=7)
     return figure
 

@@ -26,9 +26,11 @@ CAPTIONS = {
             "spikes stay visible.",
     "schedules": "The learning rate set by the scheduler at each logged step (warm-up, then decay), and momentum "
                  "schedules of EMA targets when the method has one.",
-    "monitors": "Values logged by the run's monitors. collapse/std: std of the l2-normalised embeddings times "
-                "sqrt(d), about 1 when healthy and near 0 when the embeddings collapse to a point; "
-                "collapse/rank: effective rank (RankMe), which falls under dimensional collapse; online/...: "
+    "monitors": "Values logged by the run's monitors. collapse/std: the mean per-dimension std of the "
+                "l2-normalised embeddings z of d dimensions, about 1/sqrt(d) when they spread over the sphere "
+                "(dashed line) and near 0 when they collapse to a point; the collapse monitor warns under "
+                "std_threshold/sqrt(d) (dotted line). collapse/rank: effective rank (RankMe), at most d, which "
+                "falls under dimensional collapse (dotted line: the rank_threshold it warns under); online/...: "
                 "probes trained alongside the run; kNN top-1: accuracy of a weighted kNN on frozen features.",
     "views": "Rows are training images; the first column is the image as loaded, the others the views the "
              "augmenter makes of it (seed 0, so every report shows the same draws), de-normalised for display. "
@@ -99,9 +101,18 @@ def summary_section(records: Sequence[RunRecord]) -> html.Section:
     return html.Section("summary", "Summary", body)
 
 
-def _curves(files: dict[str, bytes], name: str, panels: list[Panel], alt: str) -> str:
+def _curves(files: dict[str, bytes], name: str, panels: list[Panel], alt: str, note: str = "") -> str:
     files[f"{name}.png"] = to_png(curves_figure(panels))
-    return html.figure(files[f"{name}.png"], alt, CAPTIONS[name])
+    return html.figure(files[f"{name}.png"], alt, CAPTIONS[name] + note)
+
+
+def _std_note(records: Sequence[RunRecord], panels: list[Panel]) -> str:
+    """Says why a collapse/std panel has no healthy line: its run did not log the width d."""
+    std = next((panel for panel in panels if panel.title == "collapse/std"), None)
+    if std is None or std.references:
+        return ""
+    return (" The collapse/std panel has no reference lines: no run here logged collapse/dim (older versions of jef "
+            "did not record the width d); read it against 1/sqrt(d) of the projector's output width.")
 
 
 def curve_sections(records: Sequence[RunRecord], files: dict[str, bytes]) -> list[html.Section]:
@@ -115,7 +126,7 @@ def curve_sections(records: Sequence[RunRecord], files: dict[str, bytes]) -> lis
     if not body:
         body = html.note("No training steps were logged (metrics.jsonl is missing or empty).")
     if monitors:
-        watch = _curves(files, "monitors", monitors, "monitor values over steps")
+        watch = _curves(files, "monitors", monitors, "monitor values over steps", _std_note(records, monitors))
     else:
         watch = html.note("No monitor values were logged. Add monitors to the pipeline, e.g. "
                           "monitors: [{name: collapse, every: 10}], to see collapse diagnostics here.")
