@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from jef.options import OptimizerOptions, ScheduleOptions
+from jef.options import FLOAT32_MAX, OptimizerOptions, ScheduleOptions
+from jef.validate import ConfigError
 
 
 class LARS(torch.optim.Optimizer):
@@ -88,9 +89,19 @@ def parameter_groups(model: nn.Module, options: OptimizerOptions) -> list[dict]:
 
 
 def scaled_lr(options: OptimizerOptions, global_batch_size: int) -> float:
-    """The base rate scaled for the global batch (Goyal et al., 2017, arXiv:1706.02677)."""
+    """The base rate scaled for the global batch (Goyal et al., 2017, arXiv:1706.02677).
+
+    Raises:
+        ConfigError: The scaled rate does not fit in float32 (``train.optimizer.lr``).
+    """
     ratio = global_batch_size / 256
-    return options.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[options.scale_lr]
+    lr = options.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[options.scale_lr]
+    if not math.isfinite(lr) or lr > FLOAT32_MAX:
+        raise ConfigError(f"{options.lr:g} scaled ({options.scale_lr}) for a global batch of {global_batch_size} "
+                          f"is {lr:g}, beyond the largest float32 ({FLOAT32_MAX:.4g}) torch computes the update "
+                          "with; lower it (it is the rate for a batch of 256) or set scale_lr: none",
+                          path="train.optimizer.lr")
+    return lr
 
 
 def build_optimizer(model: nn.Module, options: OptimizerOptions, global_batch_size: int) -> torch.optim.Optimizer:

@@ -6,9 +6,20 @@ import attrs
 from attrs import validators as v
 
 
+#: The largest float32: the optimiser's rates and decays become float32 tensor arguments.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def doc(text: str) -> dict[str, str]:
     """Field metadata holding the one-line description ``jef list`` shows."""
     return {"doc": text}
+
+
+def float32(instance: object, attribute: "attrs.Attribute", value: float) -> None:
+    """attrs validator: ``value`` fits in float32 (``1.0e+300`` passes YAML and Python, then overflows torch)."""
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"'{attribute.name}' must be at most {FLOAT32_MAX:.4g}, the largest float32 (torch "
+                         "computes with it in float32)", attribute, FLOAT32_MAX, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -60,16 +71,17 @@ class OptimizerOptions:
     """
 
     name: Literal["sgd", "lars", "adamw"] = attrs.field(default="sgd", metadata=doc("sgd | lars | adamw"))
-    lr: float = attrs.field(default=0.3, validator=v.gt(0.0), metadata=doc("base learning rate"))
+    lr: float = attrs.field(default=0.3, validator=[v.gt(0.0), float32], metadata=doc("base learning rate"))
     scale_lr: Literal["linear", "sqrt", "none"] = attrs.field(
         default="linear", metadata=doc("lr × (global batch / 256), its sqrt, or as is")
     )
     momentum: float = attrs.field(default=0.9, validator=[v.ge(0.0), v.lt(1.0)], metadata=doc("SGD/LARS momentum"))
-    weight_decay: float = attrs.field(default=1e-6, validator=v.ge(0.0), metadata=doc("weight decay"))
+    weight_decay: float = attrs.field(default=1e-6, validator=[v.ge(0.0), float32], metadata=doc("weight decay"))
     betas: tuple[float, float] = attrs.field(
         default=(0.9, 0.999), validator=v.deep_iterable(member_validator=[v.ge(0.0), v.lt(1.0)]),
         metadata=doc("AdamW betas"))
-    trust_coefficient: float = attrs.field(default=0.001, validator=v.gt(0.0), metadata=doc("LARS trust coefficient η"))
+    trust_coefficient: float = attrs.field(default=0.001, validator=[v.gt(0.0), float32],
+                                           metadata=doc("LARS trust coefficient η"))
     exclude_norm_and_bias: bool = attrs.field(
         default=True, metadata=doc("no weight decay or LARS adaptation on norms and biases")
     )
@@ -107,7 +119,7 @@ class TrainOptions:
     precision: Literal["no", "bf16", "fp16"] = attrs.field(default="no", metadata=doc("mixed precision"))
     grad_accum: int = attrs.field(default=1, validator=v.ge(1), metadata=doc("gradient accumulation steps"))
     clip_grad_norm: float | None = attrs.field(
-        default=None, validator=v.optional(v.gt(0.0)), metadata=doc("clip the gradient norm")
+        default=None, validator=v.optional([v.gt(0.0), float32]), metadata=doc("clip the gradient norm")
     )
     num_workers: int = attrs.field(default=0, validator=v.ge(0), metadata=doc("data-loader workers"))
     log_every: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("steps between metric lines"))
@@ -149,9 +161,11 @@ class LinearProbeOptions:
 
     enabled: bool = attrs.field(default=False, metadata=doc("run the linear probe at the end when the data has labels"))
     epochs: int = attrs.field(default=100, validator=v.ge(1), metadata=doc("epochs over the training features"))
-    lr: float = attrs.field(default=0.1, validator=v.gt(0.0), metadata=doc("peak learning rate (cosine decay to 0)"))
+    lr: float = attrs.field(default=0.1, validator=[v.gt(0.0), float32],
+                            metadata=doc("peak learning rate (cosine decay to 0)"))
     batch_size: int = attrs.field(default=256, validator=v.ge(2), metadata=doc("features per SGD step"))
-    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0), metadata=doc("weight decay of the head"))
+    weight_decay: float = attrs.field(default=0.0, validator=[v.ge(0.0), float32],
+                                      metadata=doc("weight decay of the head"))
     normalize: Literal["batchnorm", "none"] = attrs.field(
         default="batchnorm", metadata=doc("batchnorm: BatchNorm without affine before the linear layer | none"))
 
@@ -167,11 +181,11 @@ class FinetuneOptions:
 
     enabled: bool = attrs.field(default=False, metadata=doc("fine-tune at the end when the data has labels"))
     epochs: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("epochs over the training images"))
-    lr: float = attrs.field(default=0.05, validator=v.gt(0.0), metadata=doc("peak learning rate of the head"))
+    lr: float = attrs.field(default=0.05, validator=[v.gt(0.0), float32], metadata=doc("peak learning rate of the head"))
     backbone_lr_scale: float = attrs.field(
         default=0.1, validator=[v.gt(0.0), v.le(1.0)], metadata=doc("the backbone learns at lr × this"))
     batch_size: int = attrs.field(default=128, validator=v.ge(2), metadata=doc("images per step"))
-    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0), metadata=doc("weight decay"))
+    weight_decay: float = attrs.field(default=0.0, validator=[v.ge(0.0), float32], metadata=doc("weight decay"))
     flip: bool = attrs.field(default=True, metadata=doc("flip training images horizontally with probability 0.5"))
 
 

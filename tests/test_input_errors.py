@@ -61,3 +61,23 @@ def test_a_file_that_fails_while_decoding_in_error_mode_is_one_line(tmp_path, ca
                      line), line
     assert "data.on_bad_image: error" in line and "set on_bad_image: skip" in line
     assert ("in a DataLoader worker" in line) == (workers > 0)
+
+
+@pytest.mark.parametrize(("key", "value"), [("optimizer.lr", "1.0e+300"), ("optimizer.weight_decay", "1.0e+300"),
+                                            ("optimizer.trust_coefficient", "1.0e+39")])
+def test_a_rate_beyond_float32_is_a_config_error_naming_its_path(tmp_path, capsys, key, value):
+    code, err = _train(capsys, tmp_path, TINY_PIPELINE, f"train.{key}={value}")
+    line = _one_error_line(err)
+    assert code == 2 and f"train.{key}: must be at most 3.403e+38, the largest float32" in line, line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_rate_that_overflows_float32_once_scaled_names_the_rate_and_the_batch():
+    from jef.optim import scaled_lr
+    from jef.options import OptimizerOptions
+    from jef.validate import ConfigError
+
+    assert scaled_lr(OptimizerOptions(lr=3.0e38, scale_lr="none"), 512) == 3.0e38
+    with pytest.raises(ConfigError, match=r"^train\.optimizer\.lr: 3e\+38 scaled \(linear\) for a global batch of "
+                                          r"512 is 6e\+38, beyond the largest float32 .*set scale_lr: none"):
+        scaled_lr(OptimizerOptions(lr=3.0e38), 512)
