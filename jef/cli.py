@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
+from pathlib import Path
 
 import jef
 from jef.plugins import load_plugins
@@ -46,9 +48,39 @@ def build_parser(plugins) -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit status of a process killed by SIGPIPE (128 + 13), what ``yes | head`` reports under ``pipefail``.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``jef`` with ``argv`` (default: the process's arguments); returns the exit status."""
+    """Run ``jef`` with ``argv`` (default: the process's arguments); returns the exit status.
+
+    Output read by a pipe that closes early (``jef config show FILE | head``) ends the command quietly with
+    status 141, as a command killed by SIGPIPE does, instead of a ``BrokenPipeError`` traceback.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must be caught while we can still handle it
+        return status
+    except BrokenPipeError:
+        # Python's documented recipe (library/signal.html, "Note on SIGPIPE"): point stdout at devnull so that
+        # the interpreter's own flush at exit does not fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (a test's capture): nothing to flush
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv, files = _split_plugin_files(list(sys.argv[1:] if argv is None else argv))
+    for file in files:  # asked for by name: a missing file is a mistake to fix, not a plugin to skip
+        if not Path(file).is_file():
+            what = "is a directory" if Path(file).is_dir() else "no such file"
+            print(f"jef: error: --plugin {file}: {what}; give the path of a Python file that defines jef hooks "
+                  f"(e.g. --plugin ./my_plugin.py), or install the plugin and drop --plugin", file=sys.stderr)
+            return 2
     plugins = load_plugins(files=tuple(files))
     parser = build_parser(plugins)
     args, extra = parser.parse_known_args(argv)

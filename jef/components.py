@@ -15,10 +15,16 @@ component's attrs options class and ``ctx`` is the read-only
 * **head** (projector or predictor) -- ``nn.Module`` mapping ``[B, ctx.in_dim]``
   to ``[B, out_dim]``; attribute ``out_dim``.
 * **energy** (D) -- ``nn.Module``; ``forward(a, b) -> Tensor[N]``, one
-  distance per sample. Attribute ``symmetric`` (bool).
+  distance per sample, ``a`` an online output ``[N, ctx.online_dim]`` and ``b``
+  a target embedding ``[N, ctx.target_dim]``. Attribute ``symmetric`` (bool).
+  When the two widths differ (and no functional makes targets), the pipeline
+  calls the energy once on two rows of each width when it is built: an energy
+  that cannot compare them fails there, naming the YAML paths of both widths,
+  not at the first step.
 * **functional** (A/B) -- ``nn.Module``; ``forward(out: StepOutputs)`` returns
   a scalar tensor or a dict of named scalar tensors (summed into the loss; an
-  empty dict adds nothing). A functional may also *make the targets* the
+  empty dict adds nothing); its factory reads the widths it sees from
+  ``ctx.online_dim`` and ``ctx.target_dim``. A functional may also *make the targets* the
   energy compares: ``targets(out: StepOutputs) -> StepOutputs`` runs before
   the energy and returns the outputs with new target embeddings (and, if it
   scores the online outputs, new online outputs), e.g. SwAV's Sinkhorn codes
@@ -68,10 +74,21 @@ class RunContext:
         n_views: Views per image made by the augmenter.
         n_global: Of those, how many are global (they come first).
         in_dim: Width of the input a head receives (set when building heads); for energies and
-            functionals, the width of the embeddings they compare.
+            functionals, the width of the target embeddings (``target_dim``), as before
+            ``online_dim`` and ``target_dim`` existed.
         run_dir: Directory of the run (checkpoints, logs), if any.
         train_size: Images in the training split (set once the data is built;
             memory banks hold one row per training image).
+        online_dim: For energies and functionals: the width of the online output ``p_a``
+            (the predictor's output, else the projector's, else the backbone's); None for the
+            components built before the heads.
+        target_dim: For energies and functionals: the width of the target embedding ``t_b``
+            (the target projector's output, else the backbone's); None before the heads are built.
+        dry_run: True when the pipeline is built only to be checked (``jef config show``): the data
+            is not loaded, so ``in_channels`` and ``image_size`` come from the data's options when
+            it declares them (``channels``, ``image_size``) and are stand-ins otherwise, and
+            ``train_size`` is the data's ``subset_train`` or ``train_size``, else None. A factory should still check its
+            options, and may skip what needs the real data (a bank sized by the training split).
     """
 
     seed: int = 0
@@ -91,6 +108,9 @@ class RunContext:
     in_dim: int | None = None
     run_dir: Path | None = None
     train_size: int | None = None
+    online_dim: int | None = None
+    target_dim: int | None = None
+    dry_run: bool = False
 
 
 @attrs.frozen

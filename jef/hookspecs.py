@@ -124,7 +124,8 @@ def jef_register_energies(register: Callable[..., None]) -> None:
 
     Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an ``nn.Module`` with
-    ``forward(a, b) -> Tensor[N]`` and a ``symmetric`` attribute.
+    ``forward(a, b) -> Tensor[N]`` and a ``symmetric`` attribute; ``a`` is
+    ``ctx.online_dim`` wide, ``b`` ``ctx.target_dim`` (``ctx.in_dim``).
 
     Args:
         register: Adds one energy to jef's table.
@@ -138,7 +139,8 @@ def jef_register_functionals(register: Callable[..., None]) -> None:
     Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an ``nn.Module`` whose
     ``forward(out: StepOutputs)`` returns a scalar or a dict of named scalars.
-    Terms over the global batch must use ``jef.dist.gather``.
+    Terms over the global batch must use ``jef.dist.gather``. The widths of the
+    online outputs and target embeddings are ``ctx.online_dim`` and ``ctx.target_dim``.
 
     Args:
         register: Adds one functional to jef's table.

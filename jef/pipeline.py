@@ -182,28 +182,74 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
     """Build data (unless given), augmenter, model (with objective) and monitors in dependency order.
 
     ``ctx`` is refined as facts become known: channels and image size from the
-    data, view counts from the augmenter, ``in_dim`` for each head.
+    data, view counts from the augmenter, ``in_dim`` for each head, the widths
+    of the online output and the target embedding for energies and functionals.
+
+    Raises:
+        ConfigError: The components do not fit together (local views for a method without multi-crop, an energy
+            without the target maker it needs, an online output whose width the energy cannot compare with the
+            target's); the message names the YAML paths.
+        BuildError: A component's factory failed.
     """
     splits = splits if splits is not None else build_data(pipeline, ctx)
     ctx = attrs.evolve(ctx, in_channels=splits.channels, image_size=splits.image_size, train_size=len(splits.train))
+    ctx, augmenter, model, monitors, components = _build_model(pipeline, ctx)
+    return Built(ctx, splits, augmenter, model, monitors, components)
+
+
+def check(pipeline: Pipeline, ctx: RunContext | None = None) -> RunContext:
+    """Build every component but the data, on the CPU, to run every check :func:`build` runs (``jef config show``).
+
+    The data is not loaded (it may be large, remote or not on this machine): its channels, image size and
+    training-set size come from the data's options where it declares them (``channels``, ``image_size``,
+    ``subset_train`` or ``train_size``) and are stand-ins otherwise, and ``ctx.dry_run`` tells factories so. Nothing is trained
+    or written. Returns the refined context (``online_dim``, ``target_dim`` for the energy and functionals).
+
+    Raises:
+        ConfigError, BuildError: As :func:`build`.
+    """
+    train = pipeline.train
+    ctx = ctx or RunContext(seed=pipeline.seed, batch_size=train.batch_size, global_batch_size=train.batch_size,
+                            epochs=train.epochs, precision=train.precision)
+    options = pipeline.data.options
+    train_size = _declared(options, "subset_train", _declared(options, "train_size", ctx.train_size))
+    ctx = attrs.evolve(ctx, dry_run=True, in_channels=_declared(options, "channels", ctx.in_channels),
+                       image_size=_declared(options, "image_size", ctx.image_size), train_size=train_size)
+    return _build_model(pipeline, ctx)[0]
+
+
+def _declared(options: Any, name: str, default: int | None) -> int | None:
+    """An integer the data's options declare (``channels: 1``), else ``default``."""
+    value = getattr(options, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Module, JointEmbedding, list[Any],
+                                                               dict[str, Any]]:
+    """Augmenter, model (with objective), monitors and the named components, for data facts already in ``ctx``."""
     augmenter = _make(pipeline.augmenter, ctx)
     ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
                        image_size=getattr(augmenter, "size", ctx.image_size))
     _check_multi_crop(pipeline, augmenter)
     backbone = _make(pipeline.backbone, ctx)
-    width = backbone.out_dim
+    h_dim = z_dim = backbone.out_dim
     projector = predictor = None
     if pipeline.projector is not None:
-        projector = _make(pipeline.projector, attrs.evolve(ctx, in_dim=width))
-        width = projector.out_dim
+        projector = _make(pipeline.projector, attrs.evolve(ctx, in_dim=h_dim))
+        z_dim = _out_dim(pipeline.projector, projector, h_dim)
+    online_dim = z_dim
     if pipeline.predictor is not None:
-        predictor = _make(pipeline.predictor, attrs.evolve(ctx, in_dim=width))
-    # Energies and functionals see the width of the target embeddings z as ``in_dim`` (a queue sizes its buffer
-    # with it before any batch, so that a checkpoint can be loaded into it).
-    z_ctx = attrs.evolve(ctx, in_dim=width)
+        predictor = _make(pipeline.predictor, attrs.evolve(ctx, in_dim=z_dim))
+        online_dim = _out_dim(pipeline.predictor, predictor, z_dim)
+    # An EMA target without its own projector compares backbone features.
+    target_dim = h_dim if pipeline.target.name == "ema" and not pipeline.target.projector else z_dim
+    # Energies and functionals see both widths; ``in_dim`` stays the target's (a queue sizes its buffer with it
+    # before any batch, so that a checkpoint can be loaded into it).
+    z_ctx = attrs.evolve(ctx, in_dim=target_dim, online_dim=online_dim, target_dim=target_dim)
     energy = (pipeline.energy.name, _make(pipeline.energy, z_ctx), pipeline.energy.weight) if pipeline.energy else None
     functionals = [(s.name, _make(s, z_ctx), s.weight) for s in pipeline.functionals]
     _check_target_maker(pipeline, energy, functionals)
+    _check_widths(pipeline, energy, functionals, online_dim, target_dim)
     objective = Objective(energy, functionals)
     model = JointEmbedding(backbone, projector, predictor, objective, pipeline.target, augmenter.n_global)
     if pipeline.train.sync_bn and ctx.world_size > 1:
@@ -214,7 +260,24 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None)
     components = {"augmenter": augmenter, "backbone": backbone, "projector": projector, "predictor": predictor,
                   "energy": energy[1] if energy else None,
                   **{f"functionals.{i}": f for i, (_, f, _) in enumerate(functionals)}}
-    return Built(ctx, splits, augmenter, model, monitors, components)
+    return z_ctx, augmenter, model, monitors, components
+
+
+def _out_dim(slot: Slot, head: nn.Module, in_dim: int) -> int:
+    """A head's output width: its ``out_dim``, or (for a head that does not declare one) a dry forward of 2 rows."""
+    declared = getattr(head, "out_dim", None)
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        return declared
+    training = head.training
+    try:
+        with torch.no_grad():
+            out = head.eval()(torch.zeros(2, in_dim))
+    except Exception as error:
+        raise BuildError(f"{slot.kind} {slot.name!r} from plugin {slot.entry.provenance} declares no out_dim, and "
+                         f"measuring it on a [2, {in_dim}] input failed: {type(error).__name__}: {error}") from error
+    finally:
+        head.train(training)
+    return int(out.shape[-1])
 
 
 def _sync_batch_norm(model: JointEmbedding) -> None:
@@ -250,6 +313,46 @@ def _check_target_maker(pipeline: Pipeline, energy: tuple[str, nn.Module, float]
             f"energy {energy[0]!r} compares the online outputs with target distributions, but no functional makes "
             f"targets (a functional with a `targets` method, e.g. Sinkhorn codes or centred teacher "
             f"probabilities); add one under `functionals:`", path="energy", source=pipeline.source)
+
+
+def _check_widths(pipeline: Pipeline, energy: tuple[str, nn.Module, float] | None,
+                  functionals: list[tuple[str, nn.Module, float]], online_dim: int, target_dim: int) -> None:
+    """The energy compares online outputs with target embeddings: when their widths differ, ask it now.
+
+    One call on two random rows of each width (CPU, no gradient): an energy that compares embeddings of different
+    widths on purpose passes; one that cannot fails here, naming both YAML paths, rather than at the first step.
+    Skipped when a functional makes the targets (it changes what the energy compares).
+    """
+    if energy is None or online_dim == target_dim or any(callable(getattr(module, "targets", None))
+                                                         for _, module, _ in functionals):
+        return
+    generator = torch.Generator().manual_seed(0)  # not the global RNG: checking must not change the run
+    a, b = torch.randn(2, online_dim, generator=generator), torch.randn(2, target_dim, generator=generator)
+    try:
+        with torch.no_grad():
+            energy[1](a, b)
+    except Exception as error:
+        (slot, online), (_, target) = _width_path(pipeline, online=True), _width_path(pipeline, online=False)
+        detail = (str(error).strip().splitlines() or [""])[0]
+        advice = f"set {online} to {target_dim}" if online != slot else f"make {slot}'s output {target_dim} wide"
+        raise ConfigError(
+            f"the online output is {online_dim} wide ({online}) but the target embedding is {target_dim} wide "
+            f"({target}), and energy {energy[0]!r} cannot compare them ({type(error).__name__}: {detail}); "
+            f"{advice}, the width of {target}", path=slot, source=pipeline.source) from error
+
+
+def _width_path(pipeline: Pipeline, *, online: bool) -> tuple[str, str]:
+    """The slot, and the YAML path in it, that set the width of the online output or of the target embedding."""
+    if online and pipeline.predictor is not None:
+        path, slot = "predictor", pipeline.predictor
+    elif pipeline.projector is not None and (online or pipeline.target.name != "ema" or pipeline.target.projector):
+        path, slot = "projector", pipeline.projector
+    else:
+        path, slot = "backbone", pipeline.backbone
+    fields = {field.name for field in attrs.fields(type(slot.options))} if attrs.has(type(slot.options)) else set()
+    if "dims" in fields:
+        return path, f"{path}.dims[-1]"
+    return path, f"{path}.out_dim" if "out_dim" in fields else path
 
 
 def _make(slot: Slot, ctx: RunContext) -> Any:

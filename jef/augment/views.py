@@ -307,5 +307,6 @@ def build_views(options: ViewsOptions, ctx: RunContext) -> ViewsAugmenter:
     """Factory of the ``views`` augmenter; reads ``ctx.in_channels`` (to check ``mean``/``std``),
     ``ctx.image_size`` (the view size when ``size`` is null) and ``ctx.rank``/``ctx.world_size`` (its rows of
     the global batch's random parameters)."""
-    return ViewsAugmenter(options, in_channels=ctx.in_channels, image_size=ctx.image_size, rank=ctx.rank,
-                          world_size=ctx.world_size)
+    # Without the data (`jef config show`) the channels may be a stand-in: mean/std are checked when training.
+    return ViewsAugmenter(options, in_channels=None if ctx.dry_run else ctx.in_channels, image_size=ctx.image_size,
+                          rank=ctx.rank, world_size=ctx.world_size)

@@ -206,6 +206,8 @@ class MemoryBank(nn.Module):
 def build_memory_bank(options: MemoryBankOptions, ctx: RunContext) -> MemoryBank:
     """The ``memory_bank`` functional; its size is ``options.size`` or the training split's size."""
     size = options.size if options.size is not None else ctx.train_size
+    if size is None and ctx.dry_run:  # `jef config show` loads no data: a stand-in size checks everything else
+        size = ctx.global_batch_size
     if size is None:
         raise ValueError("memory_bank: the bank needs one row per training image, but its size is unknown: set "
                          "memory_bank's size to the number of training images (jef's pipeline passes it as "

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
 import yaml
 
@@ -51,7 +50,6 @@ def train_command(args: argparse.Namespace) -> int:
     from jef.faults import RunInterrupted
     from jef.train import train
 
-    _warn_broken(args.plugins)
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
     resume = "force" if args.force_resume else args.resume
     try:
@@ -73,11 +71,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
         lines.append(f"kNN top-1 (k-NN on frozen backbone features): trained {metrics['knn_top1']:.4f}"
                      + (f"   random init {metrics['knn_top1_random']:.4f}" if "knn_top1_random" in metrics else ""))
     return "\n".join(lines)
-
-
-def _warn_broken(plugins: Any) -> None:
-    for info in plugins.broken():
-        print(f"jef: warning: plugin {info.name!r} is broken and was not loaded: {info.error}", file=sys.stderr)
 
 
 # -- plugins -------------------------------------------------------------------
@@ -149,7 +142,10 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_command(args: argparse.Namespace) -> int:
+    from jef.pipeline import check  # torch: only once the file reads as a pipeline
+
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
+    check(pipeline)  # every component but the data is built: a pipeline that shows is one that builds
     print(describe_pipeline(pipeline))
     return 0
 
