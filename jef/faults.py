@@ -4,7 +4,11 @@ Clusters stop jobs with SIGTERM (SLURM preemption, ``scancel``, a time limit)
 and people stop them with Ctrl-C (SIGINT). Either asks the run to stop after
 the current step, on every process; the loop then writes a checkpoint and
 :func:`jef.train.train` raises :class:`RunInterrupted`, whose message says how
-to resume. A second Ctrl-C stops at once, as Python normally does.
+to resume. A second signal does not abort the step or the checkpoint: the
+checkpoint always holds a whole step (SIGKILL stops at once, keeping the
+previous checkpoint). With several processes, a signal received by one is
+shared with all at the loop's sync points, so every process stops with
+:class:`RunInterrupted` after the same step.
 
 A loss that is NaN or infinite never reaches a checkpoint. With
 ``train.on_nonfinite: stop`` (the default) the loop does not read the loss at
@@ -22,6 +26,7 @@ step): it drops the step's update and goes on, and gives up after
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import warnings
@@ -179,43 +184,88 @@ def sync_point(run: Any) -> None:
     """Where the training loop's processes read what the device remembered, at the same step on every process.
 
     Raises :class:`NonFiniteLossError` if a non-finite loss was seen (``train.on_nonfinite: stop``), and sets
-    ``run.stopping`` when some process asked to stop (a signal, :meth:`jef.run_state.Run.request_stop`).
+    ``run.stopping`` when some process asked to stop (a signal, :meth:`jef.run_state.Run.request_stop`); a
+    signal received by any process is then known to all, so every process stops with :class:`RunInterrupted`.
     """
     if run.pipeline.train.on_nonfinite == "stop":
         run.nonfinite.check(run)
-    if run.accelerator.check_trigger():  # an all-reduce: every process learns that one asked to stop
+    _agree_on_stop(run)
+
+
+def _agree_on_stop(run: Any) -> None:
+    """Share among the processes whether one asked to stop, and the signal it received (one small all-reduce)."""
+    received = _ACTIVE.get("received")
+    if run.accelerator.num_processes == 1:
+        run.stopping = run.stopping or bool(run.stop_reason)
+        return
+    from jef.dist import all_reduce_max
+
+    local = [received.get("signal", 0) if received else 0, 1 if run.stop_reason else 0]
+    number, asked = all_reduce_max(torch.tensor(local, device=run.accelerator.device)).tolist()
+    if number and received is not None and "signal" not in received:  # another process got the signal
+        received["signal"] = number
+        run.stop_reason = run.stop_reason or f"stop requested by another process ({signal.Signals(number).name})"
+    if asked:
         run.stop_reason = run.stop_reason or "stop requested by another process"
         run.stopping = True
-    run.stopping = run.stopping or bool(run.stop_reason) and run.ctx.world_size == 1
+
+
+#: The signals received by this process's running :func:`stop_on_signals` (signals are per process).
+_ACTIVE: dict[str, dict[str, int]] = {}
 
 
 @contextmanager
-def stop_on_signals(request_stop: Any) -> Iterator[dict[str, int]]:
-    """While inside, SIGTERM and SIGINT call ``request_stop(reason)`` instead of killing the process.
+def stop_on_signals(run: Any) -> Iterator[dict[str, int]]:
+    """While inside, SIGTERM and SIGINT ask ``run`` to stop after the step instead of killing the process.
 
-    Args:
-        request_stop: Called from the signal handler with a reason; it must only set flags
-            (:meth:`jef.train.Run.request_stop`), the loop acts on them after the step.
+    The first signal calls ``run.request_stop(reason)`` (which only sets flags: the loop stops after the step
+    and writes the checkpoint). Any further signal is deferred too: the process says once that it is writing the
+    checkpoint and goes on, so the checkpoint always holds a whole step (SIGKILL stops at once, keeping the
+    previous checkpoint intact). Only the main process prints. With several processes, a signal that only some
+    received is shared at the loop's sync points and once more on leaving, so every process raises
+    :class:`RunInterrupted`; a signal arriving after that last agreement is delivered again, to the handler
+    that was there before, once the block is left.
 
     Yields:
-        A dict that gets ``{"signal": number}`` once a signal arrived. Outside the main thread (where Python
-        cannot install handlers) nothing is installed and the dict stays empty.
+        A dict that gets ``{"signal": number}`` once a signal arrived (on any process). Outside the main thread
+        (where Python cannot install handlers) nothing is installed and the dict stays empty.
     """
     received: dict[str, int] = {}
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
+    main = run.accelerator.is_main_process
+
+    def say(text: str) -> None:  # os.write: print() from a signal handler can re-enter a half-done print
+        if main:
+            os.write(2, f"jef: {text}\n".encode())
 
     def handle(number: int, frame: Any) -> None:
-        if number == signal.SIGINT and received.get("signal") == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
-        received["signal"] = number
-        request_stop(f"received {signal.Signals(number).name}")
+        name = signal.Signals(number).name
+        if received.get("closed"):  # after the processes' last agreement: not this run's any more
+            received.setdefault("late", number)
+        elif "signal" not in received:
+            received["signal"] = number
+            run.request_stop(f"received {name}")
+            say(f"received {name}: stopping after the current step and writing the checkpoint")
+        elif not received.get("told"):
+            received["told"] = 1
+            say(f"received {name} again: stopping: writing the checkpoint, please wait (it will hold the last "
+                f"whole step; SIGKILL stops at once and keeps the previous checkpoint)")
 
     previous = {number: signal.signal(number, handle) for number in _SIGNALS}
+    _ACTIVE["received"] = received
     try:
         yield received
+        if run.accelerator.num_processes > 1:  # a signal since the last sync point: every process must know it
+            _agree_on_stop(run)
     finally:
+        received["closed"] = 1
+        _ACTIVE.pop("received", None)
         for number, handler in previous.items():
             signal.signal(number, handler)
+        for key in ("closed", "told"):
+            received.pop(key, None)
+        late = received.pop("late", None)
+        if late is not None:
+            signal.raise_signal(late)

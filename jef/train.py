@@ -130,7 +130,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
         bar = tqdm(total=total, initial=run.step, disable=not (train_options.progress and accelerator.is_main_process),
                    desc=f"train {pipeline.method.name if pipeline.method else 'pipeline'}", unit="step",
                    mininterval=0.5)
-        with stop_on_signals(run.request_stop) as received:
+        with stop_on_signals(run) as received:  # a signal stops the run after the step, on every process
             try:
                 while run.step < total and not run.stopping:
                     epoch_terms, finished = _train_epoch(run, loader, hook, bar, logger, total)
@@ -142,7 +142,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
                         if (epoch + 1) % train_options.checkpoint_every == 0:  # after the hooks: their state too
                             _save(run)
             except KeyboardInterrupt:
-                _save(run)  # nothing lost (unless the loss went non-finite): the run resumes from here with --resume
+                _save(run)  # raised by a plugin (jef.testing.InterruptAt): the run resumes from here with --resume
                 raise
             finally:
                 bar.close()

@@ -162,10 +162,15 @@ def test_a_signal_checkpoints_the_step_then_stops_with_how_to_resume(plugins, tm
     assert resumed.hooks_called.count("jef_train_step") == 3
 
 
-def test_a_second_ctrl_c_stops_at_once(plugins, tmp_path, one_thread):
-    with temporary_plugin(plugins, SignalAt(2, signal.SIGINT, times=2)), pytest.raises(KeyboardInterrupt):
-        tiny_run({**NO_KNN, "train": {"epochs": 2}}, steps=6, run_dir=tmp_path, plugins=plugins)
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2  # still saved on the way out
+def test_a_second_ctrl_c_waits_for_the_step_and_its_checkpoint(plugins, tmp_path, one_thread, capfd):
+    pipeline = {**NO_KNN, "train": {"epochs": 2}}
+    with temporary_plugin(plugins, SignalAt(2, signal.SIGINT, times=3)), pytest.raises(RunInterrupted) as caught:
+        tiny_run(pipeline, steps=6, run_dir=tmp_path, plugins=plugins)
+    assert caught.value.step == 2 and caught.value.exit_status == 130
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    err = capfd.readouterr().err
+    assert "jef: received SIGINT: stopping after the current step and writing the checkpoint" in err
+    assert err.count("jef: received SIGINT again: stopping: writing the checkpoint, please wait") == 1
 
 
 # -- resuming with another pipeline ----------------------------------------------------------------------------

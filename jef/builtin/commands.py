@@ -56,7 +56,8 @@ def train_command(args: argparse.Namespace) -> int:
         metrics = train(pipeline, run_dir=args.run_dir, resume=resume, overwrite=args.overwrite,
                         plugins=args.plugins, cpu=True if args.cpu else None)
     except RunInterrupted as stopped:  # not an error: the job was asked to stop and saved its state
-        print(f"jef: {stopped}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every process stops with it; one says so
+            print(f"jef: {stopped}", file=sys.stderr)
         return stopped.exit_status
     if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
         print(format_metrics(metrics))
