@@ -21,8 +21,8 @@ $(STAMP): $(PY) pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
-demo: install
-	$(VENV)/bin/jef train examples/demo.yaml --run-dir runs/demo
+demo: install  # --overwrite: a second `make demo` moves the previous run aside to runs/demo.old-<time>
+	$(VENV)/bin/jef train examples/demo.yaml --run-dir runs/demo --overwrite
 
 test: install
 	$(PY) -m pytest -q tests plugins

@@ -486,6 +486,39 @@ def test_numba_missing_is_explained_as_documented(plugins, monkeypatch):
     assert_documented("troubleshooting.md", "need numba", f"jef: error: {error.value}")
 
 
+def test_the_run_directory_errors_are_documented(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from jef.run_dir import RunDirError, RunDirLock, claim_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    main_process = SimpleNamespace(is_main_process=True, num_processes=1)
+    pipeline = SimpleNamespace(run_dir=None, source="demo.yaml")
+
+    def refusal(run_dir: str) -> str:
+        with pytest.raises(RunDirError) as caught, claim_run_dir(pipeline, run_dir, main_process):
+            pass
+        return f"jef: error: {caught.value}"
+
+    run_dir = Path("runs/demo")
+    run_dir.mkdir(parents=True)
+    for name in ("checkpoint.pt", "metrics.jsonl", "plugins.json"):
+        (run_dir / name).write_text("")
+    for page in ("troubleshooting.md", "reliability.md"):
+        assert_documented(page, "holds a run already", refusal("runs/demo"))
+    held = RunDirLock.acquire(run_dir)  # flock locks an open file: a second open in this process is refused too
+    try:
+        assert_documented("troubleshooting.md", "another jef process writes", refusal("runs/demo"))
+    finally:
+        held.release()
+    shutil.rmtree("runs")
+    Path("runs").mkdir()
+    Path("runs/demo").write_text("")
+    assert_documented("troubleshooting.md", "is a file, not a directory", refusal("runs/demo"))
+    assert_documented("troubleshooting.md", "cannot be created: runs/demo is a file", refusal("runs/demo/run"))
+
+
 def test_fp16_on_cpu_is_refused_as_documented(plugins):
     from jef.train import train
 
