@@ -159,7 +159,7 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other: continue the run or replace it",
                           source=str(directory))
-    lock, refusal = None, None
+    lock, refusal, existed = None, None, directory.exists()
     if accelerator.is_main_process:
         try:
             lock = _claim(directory, resume=bool(resume), overwrite=overwrite)
@@ -181,6 +181,8 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
     finally:
         if lock is not None:
             lock.release()
+            if not existed and directory.is_dir() and not any(directory.iterdir()):  # failed before writing anything
+                directory.rmdir()
 
 
 def _claim(directory: Path, *, resume: bool, overwrite: bool) -> RunDirLock:
@@ -228,6 +230,7 @@ def _move_aside(directory: Path, lock: RunDirLock) -> RunDirLock:
         lock.release()
         raise RunDirError(f"--overwrite cannot move the run aside to {aside.name} ({error.strerror}); delete it "
                           f"yourself or train into a new --run-dir", source=str(directory)) from error
+    lock.path = aside / LOCK_NAME  # where the lock file now is, for its release
     try:
         _make_directory(directory)
         fresh = RunDirLock.acquire(directory)  # a process that started in the new directory meanwhile wins
