@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +16,10 @@ from jef.accelerate_compat import cache_package_checks
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.faults import NonFiniteWatch
+from jef.hookspecs import hookimpl
 from jef.plugins import Plugins
 
-__all__ = ["Run", "run_plugins"]
+__all__ = ["RUN_HOOKS", "NameTheRaiser", "Run", "run_plugins"]
 
 cache_package_checks()  # every training loop builds a Run: Accelerate's per-step package checks are asked once
 
@@ -72,10 +74,102 @@ class Run:
         return self.accelerator.unwrap_model(self.model)
 
 
+#: The hooks called during a run; an error raised in one gets a note naming the plugin (:class:`NameTheRaiser`).
+RUN_HOOKS = ("jef_run_start", "jef_train_step", "jef_after_backward", "jef_step_end", "jef_epoch_end", "jef_run_end")
+
+
+def _wrap(hook_name: str) -> Any:
+    def wrapper(self: NameTheRaiser, run: Run) -> Any:
+        try:
+            return (yield)
+        except Exception as error:  # not KeyboardInterrupt / SystemExit: those are no plugin's bug
+            self.name_the_raiser(error, hook_name, run)
+            raise
+
+    wrapper.__name__ = wrapper.__qualname__ = hook_name
+    return hookimpl(wrapper=True, tryfirst=True)(wrapper)
+
+
+class NameTheRaiser:
+    """Run plugin wrapping every run hook: an error raised in one gets a note (``BaseException.add_note``).
+
+    The note names the hook and the plugin whose implementation raised, or, when the error came from a
+    component of the pipeline (a functional evaluated in the training step, a monitor's hook), that component's
+    slot and plugin: ``functionals[1] (variance from plugin builtin.functionals)``. The error and its traceback
+    are otherwise untouched: Python prints the note after the error's last line, where a user reads.
+    """
+
+    def __init__(self, plugins: Plugins) -> None:
+        self.plugins = plugins
+
+    def name_the_raiser(self, error: BaseException, hook_name: str, run: Run) -> None:
+        """Add the note to ``error`` (once: an error passing through nested hook calls is named where it arose)."""
+        if any(note.startswith("jef: raised in ") for note in getattr(error, "__notes__", ())):
+            return
+        impls = [impl for impl in getattr(self.plugins.manager.hook, hook_name).get_hookimpls()
+                 if not (impl.wrapper or impl.hookwrapper)]
+        codes = {}
+        for impl in impls:
+            for function in (impl.function, inspect.unwrap(impl.function)):
+                codes.setdefault(getattr(function, "__code__", None), impl)
+        slots = _component_slots(run)
+        raiser, component = None, None
+        tb = error.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if raiser is None:
+                raiser = codes.get(frame.f_code)
+            elif component is None and id(frame.f_locals.get("self")) in slots:
+                component = slots[id(frame.f_locals["self"])]
+            tb = tb.tb_next
+        if raiser is None:
+            who = ", ".join(sorted({self._plugin(impl, slots) for impl in impls})) or "no plugin"
+            error.add_note(f"jef: raised in hook {hook_name}, implemented by {who}")
+            return
+        where = self._plugin(raiser, slots)
+        if component is not None and component != where:
+            error.add_note(f"jef: raised in {component}, called in hook {hook_name} of {where}")
+        else:
+            error.add_note(f"jef: raised in hook {hook_name} of {where}")
+
+    def _plugin(self, impl: Any, slots: dict[int, str]) -> str:
+        """``plugin 'spread' (jef-plugin-spread 0.1.0)``, or the slot of a run object (a monitor)."""
+        if id(impl.plugin) in slots:
+            return slots[id(impl.plugin)]
+        info = self.plugins.infos.get(impl.plugin_name)
+        made_by = f" ({info.distribution} {info.version or '?'})" if info is not None and info.distribution else ""
+        return f"plugin {impl.plugin_name!r}{made_by}"
+
+
+for _hook in RUN_HOOKS:
+    setattr(NameTheRaiser, _hook, _wrap(_hook))
+
+
+def _component_slots(run: Run) -> dict[int, str]:
+    """``{id(component): "functionals[1] (variance from plugin X)"}`` for the pipeline's built components."""
+    pipeline, model = run.pipeline, run.unwrapped_model
+    objective = getattr(model, "objective", None)
+    pairs: list[tuple[str, Any, Any]] = [("augmenter", pipeline.augmenter, run.augmenter)]
+    for key in ("backbone", "projector", "predictor"):
+        pairs.append((key, getattr(pipeline, key, None), getattr(model, key, None)))
+    pairs.append(("energy", pipeline.energy, getattr(objective, "energy", None)))
+    for i, (slot, module) in enumerate(zip(pipeline.functionals, getattr(objective, "functionals", []),
+                                           strict=False)):
+        pairs.append((f"functionals[{i}]", slot, module))
+    for i, (slot, monitor) in enumerate(zip(pipeline.monitors, run.monitors, strict=False)):
+        pairs.append((f"monitors[{i}]", slot, monitor))
+    return {id(obj): f"{key} ({slot.name} from plugin {slot.entry.provenance})"
+            for key, slot, obj in pairs if slot is not None and obj is not None}
+
+
 @contextmanager
 def run_plugins(plugins: Plugins, objects: list[Any]) -> Iterator[None]:
-    """Register the run's components and monitors that implement hooks; unregister them afterwards."""
-    names = []
+    """Register the run's components and monitors that implement hooks, and :class:`NameTheRaiser`.
+
+    All are unregistered afterwards.
+    """
+    raiser = NameTheRaiser(plugins)
+    names = [plugins.manager.register(raiser, name=f"run:NameTheRaiser:{id(raiser)}")]
     try:
         for obj in objects:
             if obj is not None and any(name.startswith("jef_") and callable(getattr(type(obj), name, None))

@@ -174,3 +174,95 @@ def test_trace_plugins_prints_hook_calls(monkeypatch, capsys):
     plugins = load_plugins(entry_points=False)
     plugins.manager.hook.jef_epoch_end(run=None, epoch=0, metrics={})
     assert "jef_epoch_end" in capsys.readouterr().err
+
+
+# --- an error raised by a plugin during a run names the plugin and the hook -----------------------
+
+FAULTY_HOOK = """
+from jef import hookimpl
+
+@hookimpl
+def {hook}({args}):
+    raise ZeroDivisionError("a bug in the plugin")
+"""
+HOOK_ARGS = {"jef_run_start": "run", "jef_train_step": "run, batch", "jef_after_backward": "run",
+             "jef_step_end": "run, outputs, terms", "jef_epoch_end": "run, epoch, metrics",
+             "jef_run_end": "run, metrics"}
+
+
+@pytest.mark.parametrize("hook", list(HOOK_ARGS))
+def test_an_error_in_a_run_hook_names_the_plugin_and_the_hook(hook, one_thread):
+    from jef.testing import tiny_run
+
+    with fake_distribution("jef-plugin-faulty", FAULTY_HOOK.format(hook=hook, args=HOOK_ARGS[hook])):
+        plugins = load_plugins()
+        with pytest.raises(ZeroDivisionError, match="a bug in the plugin") as error:
+            tiny_run(steps=4, plugins=plugins)  # 4 steps: one epoch of the tiny data, so jef_epoch_end runs
+    assert error.value.__notes__ == [f"jef: raised in hook {hook} of plugin 'faulty' (jef-plugin-faulty 0.1.0)"]
+    assert error.traceback[-1].name == hook  # the traceback still ends where the bug is
+
+
+FAULTY_COMPONENTS = """
+import torch
+from jef import hookimpl
+
+class Exploding(torch.nn.Module):
+    def forward(self, out):
+        return self.explode(out.online.out[0])
+    def explode(self, z):
+        raise RuntimeError("the functional fails")
+
+class Grumpy:
+    @hookimpl
+    def jef_step_end(self, run, outputs, terms):
+        raise KeyError("the monitor fails")
+
+@hookimpl
+def jef_register_functionals(register):
+    register("exploding", lambda options, ctx: Exploding())
+
+@hookimpl
+def jef_register_monitors(register):
+    register("grumpy", lambda options, ctx: Grumpy())
+"""
+
+
+def test_an_error_in_a_functional_or_a_monitor_names_its_slot_and_plugin(one_thread):
+    from jef.testing import tiny_run
+
+    functionals = [{"name": "info_nce", "temperature": 0.5}, {"name": "exploding"}]
+    with fake_distribution("jef-plugin-faulty", FAULTY_COMPONENTS):
+        plugins = load_plugins()
+        with pytest.raises(RuntimeError, match="the functional fails") as error:
+            tiny_run({"functionals": functionals}, steps=2, plugins=plugins)
+        assert error.value.__notes__ == [
+            "jef: raised in functionals[1] (exploding from plugin faulty (jef-plugin-faulty 0.1.0)), called in hook "
+            "jef_train_step of plugin 'builtin.step' (jef 0.1.0)"]
+        with pytest.raises(KeyError, match="the monitor fails") as error:
+            tiny_run({"monitors": [{"name": "grumpy"}]}, steps=2, plugins=plugins)
+        assert error.value.__notes__ == [
+            "jef: raised in hook jef_step_end of monitors[0] (grumpy from plugin faulty (jef-plugin-faulty 0.1.0))"]
+
+
+def test_jef_train_prints_the_traceback_and_then_the_plugin_and_the_hook(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from jef.testing import TINY_PIPELINE
+
+    plugin = tmp_path / "faulty.py"
+    plugin.write_text(FAULTY_HOOK.format(hook="jef_step_end", args=HOOK_ARGS["jef_step_end"]))
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump(TINY_PIPELINE))
+    result = subprocess.run([sys.executable, "-m", "jef", "--plugin", str(plugin), "train", str(pipeline), "--cpu",
+                             "--run-dir", str(tmp_path / "run"), "train.max_steps=2"],
+                            capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                               "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1
+    lines = result.stderr.rstrip().splitlines()
+    assert "Traceback (most recent call last):" in lines and 'raise ZeroDivisionError("a bug in the plugin")' in (
+        result.stderr)
+    assert lines[-2:] == ["ZeroDivisionError: a bug in the plugin",
+                          f"jef: raised in hook jef_step_end of plugin {str(plugin)!r}"]
