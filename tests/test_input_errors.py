@@ -4,7 +4,11 @@ Each test runs ``jef train`` through :func:`jef.cli.main` on tiny data, as a use
 """
 
 import io
+import os
 import re
+import textwrap
+import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +85,80 @@ def test_a_rate_that_overflows_float32_once_scaled_names_the_rate_and_the_batch(
     with pytest.raises(ConfigError, match=r"^train\.optimizer\.lr: 3e\+38 scaled \(linear\) for a global batch of "
                                           r"512 is 6e\+38, beyond the largest float32 .*set scale_lr: none"):
         scaled_lr(OptimizerOptions(lr=3.0e38), 512)
+
+
+# --- the messages docs/troubleshooting.md shows ----------------------------------------------------
+
+SPREAD = """
+import torch
+from jef import hookimpl
+
+class Spread(torch.nn.Module):
+    def forward(self, out):
+        raise RuntimeError("the functional fails")
+
+@hookimpl
+def jef_register_functionals(register):
+    register("spread", lambda options, ctx: Spread())
+
+@hookimpl
+def jef_step_end(run, outputs, terms):
+    if run.step == 2:
+        1 / 0
+"""
+
+
+def _documented(key: str, actual: str) -> None:
+    """A ``text`` block of docs/troubleshooting.md containing ``key`` shows ``actual``.
+
+    The rule of ``assert_documented`` in tests/test_docs.py: ``...`` matches anything, runs of whitespace match
+    any whitespace.
+    """
+    page = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
+    shown = [block for block in re.findall(r"```text\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+             if key in block]
+    assert shown, f"docs/troubleshooting.md no longer shows a message containing {key!r}"
+    patterns = [r"[\s\S]*?".join(r"\s+".join(re.escape(w) for w in piece.split())
+                                 for piece in textwrap.dedent(text).strip().split("...")) for text in shown]
+    assert any(re.search(p, actual) for p in patterns), f"documented:\n{shown}\nreal:\n{actual}"
+
+
+def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_thread, photos_with_a_cut_file):
+    from jef.components import RunContext
+    from jef.data.folder import FolderOptions, build_image_folder
+    from jef.optim import scaled_lr
+    from jef.options import OptimizerOptions
+    from jef.plugins import load_plugins
+    from jef.testing import fake_distribution, tiny_run
+    from jef.validate import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    cut = photos_with_a_cut_file.relative_to(tmp_path)
+    splits = build_image_folder(FolderOptions(root="photos", image_size=16, on_bad_image="error"), RunContext())
+    with pytest.raises(ConfigError) as error:
+        splits.train[list(splits.train.paths).index(str(cut))]
+    _documented("cannot decode image", f"jef: error: {error.value}")
+
+    code, err = _train(capsys, tmp_path, {"method": "simclr", "data": {"name": "image_folder", "root": "gone"}})
+    _documented("data.root: no such folder", _one_error_line(err).replace("gone", "photos"))
+
+    os.symlink(tmp_path / "moved.jpg", "photos/moved.jpg")
+    os.symlink(".", "photos/self")
+    (tmp_path / "photos" / "cut.jpg").unlink()
+    with pytest.warns(UserWarning, match="left out") as got:
+        build_image_folder(FolderOptions(root="photos", image_size=16), RunContext(run_dir=Path("runs/photos")))
+    _documented("left out", f"UserWarning: {got[0].message}")
+
+    with pytest.raises(ConfigError) as error:
+        scaled_lr(OptimizerOptions(lr=3.0e38), 512)
+    _documented("beyond the largest float32", f"jef: error: {error.value}")
+
+    with fake_distribution("jef-plugin-spread", SPREAD):
+        plugins = load_plugins()
+        with pytest.raises(ZeroDivisionError) as error:
+            tiny_run(steps=3, plugins=plugins)
+        _documented("jef: raised in hook", "".join(traceback.format_exception(error.value)))
+        functionals = [{"name": "info_nce", "temperature": 0.5}, {"name": "spread"}]
+        with pytest.raises(RuntimeError) as error:
+            tiny_run({"functionals": functionals}, steps=2, plugins=plugins)
+        _documented("jef: raised in functionals", "".join(traceback.format_exception(error.value)))
