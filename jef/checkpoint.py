@@ -8,6 +8,7 @@ directory and renamed, so a crash never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from jef.faults import check_finite_state, sync_point
 from jef.validate import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -66,9 +68,51 @@ def _fsync(path: str | Path) -> None:
         os.close(handle)
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk); the previous checkpoint is intact.
+
+    Attributes:
+        step: The step whose checkpoint was not written.
+        previous_step: The step of the checkpoint on disk, intact (None: no checkpoint had been written yet).
+    """
+
+    def __init__(self, message: str, step: int, previous_step: int | None) -> None:
+        self.step, self.previous_step = step, previous_step
+        super().__init__(message)
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (tensors, numbers, strings and containers of them) atomically."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write ``state`` (tensors, numbers, strings and containers of them) atomically.
+
+    Raises:
+        OSError: The write failed (``errno.ENOSPC``: the disk is full); no file was left behind.
+    """
+
+    def write(tmp: Path) -> None:
+        # Through a file object the failed write's OSError (ENOSPC...) is seen: torch's own writer only says
+        # "[enforce fail at inline_container.cc] unexpected pos", keeping the OSError as the context, if at all.
+        with open(tmp, "wb") as handle:
+            try:
+                torch.save(state, handle)
+            except RuntimeError as error:
+                cause = _os_error_in(error)
+                if cause is None:
+                    raise
+                raise cause from error
+
+    atomic_write(path, write)
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError among the causes and contexts of ``error``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -220,21 +264,70 @@ def restore_rng_state(state: dict[str, torch.Tensor], generators: dict[str, torc
 
 
 def save_run(run: Any) -> None:
-    """Checkpoint a :class:`jef.train.Run` into its directory (rank 0 writes; every process waits for it)."""
+    """Checkpoint a :class:`jef.train.Run` into its directory (rank 0 writes; every process waits for it).
+
+    First the processes meet at a :func:`jef.faults.sync_point` (a non-finite loss since the last checkpoint
+    raises there) and check that the model's parameters and buffers are finite: a checkpoint never holds
+    unusable weights.
+
+    Raises:
+        jef.faults.NonFiniteLossError, jef.faults.NonFiniteStateError: Nothing was written; the previous
+            checkpoint is kept.
+        CheckpointWriteError: The disk is full (on every process: the others learn it from process 0).
+    """
+    sync_point(run)
     run.accelerator.wait_for_everyone()
-    run.checkpoint_step = run.step
+    check_finite_state(run)
     rng = rng_state({"augment": run.generator})
     if run.accelerator.num_processes > 1:  # the global RNG is seeded per process: keep every process's state
         for key in ("torch", "cuda"):
             if key in rng:
                 rng[f"{key}_per_rank"] = run.accelerator.gather(rng[key].to(run.accelerator.device)[None]).cpu()
-    if run.directory is None:
-        return
-    save_checkpoint(run.directory / CHECKPOINT_NAME, {
-        "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
-        "batch_in_epoch": run.batch_in_epoch, "rng": rng, "world_size": run.accelerator.num_processes,
-        "monitors": _monitor_states(run), "pipeline": run.pipeline.to_dict()})
+    failure = None
+    if run.directory is not None:
+        try:
+            save_checkpoint(run.directory / CHECKPOINT_NAME, {
+                "model": run.unwrapped_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
+                "batch_in_epoch": run.batch_in_epoch, "rng": rng, "world_size": run.accelerator.num_processes,
+                "monitors": _monitor_states(run), "pipeline": run.pipeline.to_dict()})
+        except Exception as error:  # noqa: BLE001 - raised below, once every process knows (none waits forever)
+            failure = error
+    if run.accelerator.num_processes > 1 and _failed_anywhere(run, failure is not None) and failure is None:
+        raise CheckpointWriteError(f"process 0 could not write the checkpoint of step {run.step} (its error says "
+                                   f"why); {_previous(run)}", run.step, run.checkpoint_step)
+    if isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT):
+        path = run.directory / CHECKPOINT_NAME
+        raise CheckpointWriteError(
+            f"no space left on {_device_of(path.parent)}: {path}; {_previous(run)}; the checkpoint of step "
+            f"{run.step} was not written: free some space there, then continue with the same command and --resume",
+            run.step, run.checkpoint_step) from failure
+    if failure is not None:
+        raise failure
+    run.checkpoint_step = run.step
+
+
+def _failed_anywhere(run: Any, failed: bool) -> bool:
+    flag = torch.tensor([int(failed)], device=run.accelerator.device)
+    return bool(run.accelerator.gather(flag).max().item())
+
+
+def _previous(run: Any) -> str:
+    return (f"the previous checkpoint (step {run.checkpoint_step}) is intact" if run.checkpoint_step is not None
+            else "no checkpoint had been written yet")
+
+
+def _device_of(directory: Path) -> str:
+    """The file system holding ``directory``: its device and mount point (``/dev/sda1 (mounted at /data)``)."""
+    mount = os.path.realpath(directory)
+    while not os.path.ismount(mount) and os.path.dirname(mount) != mount:
+        mount = os.path.dirname(mount)
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:  # Linux; elsewhere the mount point alone
+            sources = [line.split()[0] for line in mounts if len(line.split()) > 1 and line.split()[1] == mount]
+    except OSError:
+        sources = []
+    return f"{sources[-1]} (mounted at {mount})" if sources else mount
 
 
 def _monitor_states(run: Any) -> dict[str, Any]:

@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteLossError", "NonFiniteWatch", "RunInterrupted", "handle_nonfinite",
-           "nonfinite_terms", "stop_on_signals", "sync_point"]
+__all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteLossError", "NonFiniteStateError", "NonFiniteWatch", "RunInterrupted",
+           "check_finite_state", "handle_nonfinite", "keep_buffers", "nonfinite_terms", "stop_on_signals",
+           "sync_point"]
 
 #: ``on_nonfinite: skip`` gives up after this many non-finite steps in a row: the run has diverged.
 MAX_CONSECUTIVE_SKIPS = 10
@@ -84,6 +85,61 @@ class NonFiniteLossError(FloatingPointError):
             f"train.optimizer.lr, a longer train.scheduler.warmup_epochs, train.clip_grad_norm or precision 'no'")
 
 
+class NonFiniteStateError(FloatingPointError):
+    """The model holds NaN or infinite parameters or buffers; no checkpoint was written with them.
+
+    Attributes:
+        step: The step whose checkpoint was refused.
+        name: The first non-finite tensor of the model's state dict (on the first process that holds one).
+        count: How many of the model's tensors hold non-finite values there.
+    """
+
+    def __init__(self, step: int, name: str, kind: str, count: int, rank: int | None, kept: str) -> None:
+        self.step, self.name, self.count = step, name, count
+        others = f" and {count - 1} other tensor{'s' if count > 2 else ''}" if count > 1 else ""
+        where = f" of process {rank}" if rank is not None else ""
+        super().__init__(
+            f"step {step}: the model{where} holds non-finite values in {kind} {name!r}{others}, although the loss "
+            f"was finite (the weights overflowed, or a forward pass wrote NaN into running statistics); the "
+            f"checkpoint of step {step} was not written and {kept}; try a lower train.optimizer.lr, "
+            f"train.clip_grad_norm or precision 'no'")
+
+
+def check_finite_state(run: Any) -> None:
+    """Refuse to checkpoint a model whose parameters or buffers are NaN or infinite.
+
+    Checked on the device (a flag per floating-point tensor) and read once, at each checkpoint; with several
+    processes every process checks its own model (buffers may differ per process) and they agree with a gather,
+    so all of them raise.
+
+    Raises:
+        NonFiniteStateError: Naming the first non-finite tensor.
+    """
+    model = run.unwrapped_model
+    named = [(name, t) for name, t in model.state_dict(keep_vars=True).items() if torch.is_floating_point(t)]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in named])
+    local = torch.stack([(~finite).sum(), torch.argmin(finite.to(torch.uint8))])  # count, first non-finite
+    rows = run.accelerator.gather(local[None]).tolist() if run.accelerator.num_processes > 1 else [local.tolist()]
+    bad = [(rank, count, first) for rank, (count, first) in enumerate(rows) if count]
+    if not bad:
+        return
+    rank, count, first = bad[0]
+    name = named[first][0]
+    kind = "parameter" if name in dict(model.named_parameters()) else "buffer"
+    raise NonFiniteStateError(run.step, name, kind, count, rank if len(rows) > 1 else None, _kept(run))
+
+
+def keep_buffers(run: Any) -> None:
+    """Copy the model's buffers before a step's first forward pass (``train.on_nonfinite: skip`` only).
+
+    A forward pass in training mode updates buffers (BatchNorm's running statistics) before the loss is known;
+    a skipped step puts them back (:func:`handle_nonfinite`), so it leaves no NaN behind in them.
+    """
+    run.nonfinite.buffers = [b.detach().clone() for b in run.unwrapped_model.buffers()]
+
+
 def nonfinite_terms(terms: dict[str, float]) -> list[str]:
     """The names of the terms that are NaN or infinite: the individual terms first, ``loss`` only if no term is.
 
@@ -106,6 +162,10 @@ def handle_nonfinite(run: Any, step: int, terms: dict[str, float], bad: list[str
     if run.pipeline.train.on_nonfinite == "stop":
         raise NonFiniteLossError(step, terms, bad, f"the weights were not updated and {kept}; "
                                  f"train.on_nonfinite: skip drops such steps instead")
+    if run.nonfinite.buffers is not None:  # the skipped forward passes' updates of running statistics
+        with torch.no_grad():
+            for buffer, kept_copy in zip(run.unwrapped_model.buffers(), run.nonfinite.buffers, strict=True):
+                buffer.copy_(kept_copy)
     run.skipped_steps += 1
     run.skipped_in_a_row += 1
     if run.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS:
@@ -136,6 +196,7 @@ class NonFiniteWatch:
         self.names: list[str] | None = None
         self.first: Tensor | None = None  # 0: no non-finite step yet
         self.values: Tensor | None = None  # the terms of step ``first``
+        self.buffers: list[Tensor] | None = None  # the model's buffers before this step (keep_buffers, skip only)
 
     def observe(self, step: int, names: list[str], values: Tensor) -> None:
         """Record ``values`` (the terms ``names`` of optimiser ``step``) if they are the first non-finite ones."""

@@ -32,7 +32,7 @@ from jef.components import RunContext
 from jef.config import Pipeline
 from jef.data_order import EpochSampler
 from jef.evaluate.protocols import evaluate_backbone, write_evaluation
-from jef.faults import RunInterrupted, handle_nonfinite, nonfinite_terms, stop_on_signals, sync_point
+from jef.faults import RunInterrupted, handle_nonfinite, keep_buffers, nonfinite_terms, stop_on_signals, sync_point
 from jef.launch import RunEnvironment, check_process_count
 from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
@@ -140,14 +140,14 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
                         hook.jef_epoch_end(run=run, epoch=epoch, metrics=epoch_terms)
                         logger.write(run.step, {f"epoch/{k}": v for k, v in epoch_terms.items()})
                         if (epoch + 1) % train_options.checkpoint_every == 0:  # after the hooks: their state too
-                            _save(run)
+                            save_run(run)
             except KeyboardInterrupt:
-                _save(run)  # raised by a plugin (jef.testing.InterruptAt): the run resumes from here with --resume
+                save_run(run)  # raised by a plugin (jef.testing.InterruptAt): the run resumes from here with --resume
                 raise
             finally:
                 bar.close()
             if run.checkpoint_step != run.step:  # the last epoch's checkpoint may already hold this step
-                _save(run)
+                save_run(run)
         if received:  # SIGTERM/SIGINT: checkpoint written; no evaluation, the job is being stopped
             logger.close()
             raise RunInterrupted(received["signal"], run.step, directory)
@@ -186,6 +186,8 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
         batches.set_epoch(run.epoch)
     epoch_terms, started, images, accumulated = EpochTerms(), time.perf_counter(), 0, None
     for batch in batches:
+        if skip_mode and accumulated is None:  # before the step's first forward pass: a skipped step is undone
+            keep_buffers(run)
         with accelerator.accumulate(run.model):
             result = hook.jef_train_step(run=run, batch=batch)
             accelerator.backward(result["loss"])
@@ -221,7 +223,7 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
             hook.jef_step_end(run=run, outputs=result.get("outputs"), terms=terms)
             epoch_terms.add(terms)
         if options.checkpoint_every_steps and run.step % options.checkpoint_every_steps == 0:
-            _save(run)
+            save_run(run)
         bar.update(1)
         if run.step % options.log_every == 0 or run.step == total:
             sync_point(run)
@@ -238,12 +240,6 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
     finished = run.batch_in_epoch >= len(loader)
     sync_point(run)
     return epoch_terms.means(accelerator), finished
-
-
-def _save(run: Run) -> None:
-    """Write the checkpoint, after checking that no non-finite loss reached the weights since the last one."""
-    sync_point(run)
-    save_run(run)
 
 
 def _knn(run: Run, backbone: torch.nn.Module, splits: Any) -> float:

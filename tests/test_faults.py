@@ -259,9 +259,8 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypat
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(3)}, "step": 1})
 
-    def disk_full(state, target):
-        with open(target, "wb") as handle:
-            handle.write(b"PK\x03\x04 half a checkpoint")
+    def disk_full(state, handle):
+        handle.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("jef.checkpoint.torch.save", disk_full)

@@ -56,14 +56,14 @@ if args["during_checkpoint"]:
     import jef.checkpoint as checkpoint
     saves = {"count": 0}
     original = checkpoint.torch.save
-    def save_then_die(state, path):
+    def save_then_die(state, handle):
         saves["count"] += 1
         if saves["count"] == args["during_checkpoint"]:  # half the bytes reach the disk, then the process dies
-            original(state, path)
-            size = os.path.getsize(path)
-            os.truncate(path, size // 2)
+            original(state, handle)
+            handle.flush()
+            os.ftruncate(handle.fileno(), os.fstat(handle.fileno()).st_size // 2)
             die()
-        original(state, path)
+        original(state, handle)
     checkpoint.torch.save = save_then_die
 plugins = load_plugins(extra=(("kill-at-step", KillAtStep()),))
 tiny_run(args["pipeline"], steps=args["steps"], run_dir=args["run_dir"], plugins=plugins)
