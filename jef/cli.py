@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 import traceback
 from pathlib import Path
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a closed pipe must be caught while we can still handle it
         return status
     except BrokenPipeError:
+        if not _stdout_closed():  # another pipe (a data loader's worker, a process group): an error to show
+            raise
         # Python's documented recipe (library/signal.html, "Note on SIGPIPE"): point stdout at devnull so that
         # the interpreter's own flush at exit does not fail again.
         try:
@@ -71,6 +74,25 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):  # stdout without a file descriptor (a test's capture): nothing to flush
             pass
         return EXIT_BROKEN_PIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (the output still buffered fails again, or poll says so)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file (a test's capture): not a closed pipe
+        return False
+    if not hasattr(select, "poll"):  # Windows: cannot tell; Python's recipe assumes stdout
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(mask & select.POLLERR for _, mask in poller.poll(0))
 
 
 def _main(argv: list[str] | None) -> int:

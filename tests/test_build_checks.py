@@ -221,6 +221,27 @@ def test_output_into_a_pipe_closed_early_ends_quietly_with_status_141(tmp_path):
     assert "Traceback" not in err and "BrokenPipeError" not in err and err == ""
 
 
+PIPE_COMMAND = """
+from jef import hookimpl
+
+@hookimpl
+def jef_register_commands(register):
+    def fail(args):
+        print("working")
+        raise BrokenPipeError("a worker's pipe closed")
+    register("pipe-fails", fail)
+"""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(tmp_path):
+    plugin = tmp_path / "pipe_command.py"
+    plugin.write_text(PIPE_COMMAND)
+    result = subprocess.run([sys.executable, "-m", "jef", "--plugin", str(plugin), "pipe-fails"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == "working\n"
+    assert "BrokenPipeError: a worker's pipe closed" in result.stderr
+
+
 def test_a_missing_plugin_file_is_one_error_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, "--plugin", "my_energy.py", "list", "energy")
