@@ -5,7 +5,6 @@ from typing import Literal
 import attrs
 from attrs import validators as v
 
-
 #: The largest float32: the optimiser's rates and decays become float32 tensor arguments.
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -181,7 +180,8 @@ class FinetuneOptions:
 
     enabled: bool = attrs.field(default=False, metadata=doc("fine-tune at the end when the data has labels"))
     epochs: int = attrs.field(default=10, validator=v.ge(1), metadata=doc("epochs over the training images"))
-    lr: float = attrs.field(default=0.05, validator=[v.gt(0.0), float32], metadata=doc("peak learning rate of the head"))
+    lr: float = attrs.field(default=0.05, validator=[v.gt(0.0), float32],
+                            metadata=doc("peak learning rate of the head"))
     backbone_lr_scale: float = attrs.field(
         default=0.1, validator=[v.gt(0.0), v.le(1.0)], metadata=doc("the backbone learns at lr × this"))
     batch_size: int = attrs.field(default=128, validator=v.ge(2), metadata=doc("images per step"))

@@ -19,8 +19,8 @@ from torch import Tensor
 from jef.data.base import ImageModeError, decode_errors, pil_to_uint8
 from jef.validate import ConfigError
 
-__all__ = ["SHOWN_IN_MESSAGES", "SKIPPED_NAME", "ImageDecodeError", "UnreadableImageError", "check_images", "decode_image", "listing",
-           "record_skipped", "try_decode"]
+__all__ = ["SHOWN_IN_MESSAGES", "SKIPPED_NAME", "ImageDecodeError", "UnreadableImageError", "check_images",
+           "decode_image", "listing", "record_skipped", "try_decode"]
 
 #: File in the run directory that lists the skipped files, one ``path<TAB>reason`` per line.
 SKIPPED_NAME = "skipped_images.txt"
