@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -87,3 +88,64 @@ def test_resuming_on_another_number_of_processes_is_refused(straight_two_process
         tiny_run({**RESUMED, "train": {**RESUMED["train"], "epochs": 3}}, steps=9, run_dir=run_dir, resume="force")
     assert any("resuming anyway (forced) from step 8" in str(w.message) for w in seen)
     assert load_checkpoint(run_dir / "checkpoint.pt")["world_size"] == 1
+
+
+# -- a checkpoint that cannot be written, on several processes ------------------------------------------------
+
+def _unwritable_checkpoints_job(rank, run_dir):
+    """A full disk on process 0, then a NaN buffer on process 1 only: every process must raise (none waits)."""
+    import errno
+
+    import jef.checkpoint as checkpoint
+    from jef import hookimpl
+    from jef.plugins import load_plugins
+    from jef.testing import temporary_plugin, tiny_run
+    from jef.testing.distributed import _launched_as, ensure_process_group
+
+    _launched_as(rank, 2)
+    original, calls, errors = checkpoint.torch.save, [], {}
+
+    def full_on_second_write(state, handle):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(state, handle)
+
+    class NanBufferOnRank1:
+        @hookimpl
+        def jef_step_end(self, run, outputs, terms):
+            if run.step == 2 and rank == 1:
+                next(b for name, b in run.unwrapped_model.named_buffers() if "running_var" in name).fill_(float("nan"))
+
+    pipeline = {"eval": {"knn": {"enabled": False}}, "train": {"checkpoint_every_steps": 1}}
+    checkpoint.torch.save = full_on_second_write
+    try:
+        tiny_run(pipeline, steps=3, run_dir=f"{run_dir}/full")
+    except checkpoint.CheckpointWriteError as error:
+        errors["full"] = str(error)
+    finally:
+        checkpoint.torch.save = original
+    ensure_process_group()
+    plugins = load_plugins(entry_points=False)
+    with temporary_plugin(plugins, NanBufferOnRank1()):
+        try:
+            tiny_run(pipeline, steps=3, run_dir=f"{run_dir}/nan", plugins=plugins)
+        except FloatingPointError as error:
+            errors["nan"] = str(error)
+    return errors
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_every_process(tmp_path):
+    from jef.testing import run_in_processes
+
+    errors = run_in_processes(functools.partial(_unwritable_checkpoints_job, run_dir=str(tmp_path)), world_size=2)
+    assert errors[0]["full"].startswith("no space left on ")
+    assert "the previous checkpoint (step 1) is intact" in errors[0]["full"]
+    assert errors[1]["full"] == ("process 0 could not write the checkpoint of step 2 (its error says why); the "
+                                 "previous checkpoint (step 1) is intact")
+    for rank in (0, 1):  # process 1's buffer went NaN: both refuse the checkpoint of step 2, naming it
+        assert errors[rank]["nan"].startswith("step 2: the model of process 1 holds non-finite values in buffer "), \
+            errors[rank]
+        assert "the last checkpoint (step 1) is kept" in errors[rank]["nan"]
+    assert load_checkpoint(tmp_path / "full" / "checkpoint.pt")["step"] == 1
+    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["step"] == 1
