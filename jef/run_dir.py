@@ -163,17 +163,21 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
     if accelerator.is_main_process:
         try:
             lock = _claim(directory, resume=bool(resume), overwrite=overwrite)
-        except RunDirError as error:
+        except Exception as error:  # raised below, once the other processes know (else they would wait for it)
             refusal = error
     if accelerator.num_processes > 1:  # every process raises the main process's refusal, none waits for it
         from accelerate.utils import broadcast_object_list
 
-        verdict = broadcast_object_list([None if refusal is None else (refusal.reason, refusal.source)])[0]
-        refusal = refusal or (RunDirError(verdict[0], source=verdict[1]) if verdict is not None else None)
+        verdict = broadcast_object_list([None if refusal is None else str(refusal)])[0]
+        refusal = refusal or (RunDirError(verdict) if verdict is not None else None)
     if refusal is not None:
         raise refusal
     try:
         resumed = None
+        if resume and not (directory / CHECKPOINT_NAME).is_file() and holds_run(directory):
+            raise RunDirError("holds a run that saved no checkpoint (it stopped before its first one): nothing to "
+                              "resume; start it again with --overwrite (the old run is moved aside)",
+                              source=str(directory))
         if resume:  # before anything is built or written: a refused resume leaves the run directory as it was
             resumed = load_checkpoint(directory / CHECKPOINT_NAME)
             check_resumable(resumed, pipeline.to_dict(), directory / CHECKPOINT_NAME, force=resume == "force")

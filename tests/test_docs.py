@@ -512,6 +512,10 @@ def test_the_run_directory_errors_are_documented(tmp_path, monkeypatch):
         assert_documented("troubleshooting.md", "another jef process writes", refusal("runs/demo"))
     finally:
         held.release()
+    (run_dir / "checkpoint.pt").unlink()
+    with pytest.raises(RunDirError) as caught, claim_run_dir(pipeline, "runs/demo", main_process, resume=True):
+        pass
+    assert_documented("troubleshooting.md", "saved no checkpoint", f"jef: error: {caught.value}")
     shutil.rmtree("runs")
     Path("runs").mkdir()
     Path("runs/demo").write_text("")

@@ -138,6 +138,17 @@ def test_the_python_api_refuses_a_run_directory_holding_a_run_unless_overwrite(p
     assert [_steps(p) for p in tmp_path.glob("run.old-*")] == [[1, 2]]
 
 
+def test_resuming_a_run_that_saved_no_checkpoint_says_to_overwrite(plugins, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # killed before its first checkpoint
+    with pytest.raises(RunDirError, match=r"holds a run that saved no checkpoint .*: nothing to resume; start it "
+                                          r"again with --overwrite"):
+        tiny_run(steps=1, run_dir=run_dir, plugins=plugins, resume=True)
+    tiny_run({"eval": {"knn": {"enabled": False}}}, steps=1, run_dir=run_dir, plugins=plugins, overwrite=True)
+    assert _steps(run_dir) == [1] and sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["run", "run.old"]
+
+
 def _write(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
