@@ -202,8 +202,9 @@ def check(pipeline: Pipeline, ctx: RunContext | None = None) -> RunContext:
 
     The data is not loaded (it may be large, remote or not on this machine): its channels, image size and
     training-set size come from the data's options where it declares them (``channels``, ``image_size``,
-    ``subset_train`` or ``train_size``) and are stand-ins otherwise, and ``ctx.dry_run`` tells factories so. Nothing is trained
-    or written. Returns the refined context (``online_dim``, ``target_dim`` for the energy and functionals).
+    ``subset_train`` or ``train_size``) and are stand-ins otherwise, and ``ctx.dry_run`` tells factories so.
+    Nothing is trained or written. Returns the refined context (``online_dim``, ``target_dim`` for the energy
+    and functionals).
 
     Raises:
         ConfigError, BuildError: As :func:`build`.
