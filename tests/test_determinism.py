@@ -27,7 +27,8 @@ from jef.builtin.cpu_bf16_conv import StrideSafeConv2d, guard_strided_convs, tak
 from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jef.config import merge
 from jef.plugins import load_plugins
-from jef.testing import temporary_plugin, tiny_run
+from jef.components import RunContext
+from jef.testing import build_component, temporary_plugin, tiny_run
 
 PLUGINS = load_plugins()
 METHODS = PLUGINS.registry.names("method")
@@ -196,3 +197,24 @@ def test_every_run_guards_its_strided_convolutions(tmp_path, one_thread):
     keys = list(model.state_dict())
     assert guard_strided_convs(model) == 1 and [type(m) for m in model] == [StrideSafeConv2d, nn.Conv2d]
     assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("name,options", [("small_cnn", {"width": 8}), ("resnet18", {"small_images": False})])
+def test_built_in_backbones_are_guarded_wherever_they_are_built(name, options, one_thread):
+    # Built outside a run (a test, a custom loop): an 8-pixel crop leaves small_cnn's last block, and a 16-pixel one
+    # the ImageNet-stem ResNet's layer4, a 1x1 map for a stride-2 convolution.
+    torch.manual_seed(0)
+    backbone = build_component(PLUGINS, "backbone", name, options, RunContext(in_channels=3, image_size=16))
+    strided = [m for m in backbone.modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1]
+    assert strided and all(type(m) is StrideSafeConv2d for m in strided)
+    x = torch.randn(8, 3, 8 if name == "small_cnn" else 16, 8 if name == "small_cnn" else 16)
+    runs = []
+    for _ in range(3):
+        torch.full((1 << 20,), float("nan"))  # freed at once: what unwritten memory would hold
+        backbone.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = backbone(x)
+        features.float().pow(2).sum().backward()
+        runs.append(torch.cat([p.grad.flatten() for p in backbone.parameters()]))
+    assert all(torch.isfinite(g).all() for g in runs), f"{name}: non-finite bf16 gradients"
+    assert all(torch.equal(runs[0], g) for g in runs[1:]), f"{name}: bf16 gradients differ from run to run"

@@ -9,6 +9,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from jef.builtin.cpu_bf16_conv import guard_strided_convs
 from jef.components import RunContext
 from jef.hookspecs import hookimpl
 
@@ -75,6 +76,7 @@ def _resnet(arch: str, out_dim: int, options: ResNetOptions, ctx: RunContext) ->
         model.conv1 = conv1
     model.fc = nn.Identity()
     model.out_dim = out_dim
+    guard_strided_convs(model)  # bf16 on the CPU: see jef.builtin.cpu_bf16_conv
     return model
 
 
@@ -147,7 +149,9 @@ class SmallCNN(nn.Module):
 
 def build_small_cnn(options: SmallCNNOptions, ctx: RunContext) -> SmallCNN:
     """Small CNN backbone (``8 * width`` features)."""
-    return SmallCNN(ctx.in_channels, options.width, options.first_stride)
+    backbone = SmallCNN(ctx.in_channels, options.width, options.first_stride)
+    guard_strided_convs(backbone)  # bf16 on the CPU: see jef.builtin.cpu_bf16_conv
+    return backbone
 
 
 @hookimpl

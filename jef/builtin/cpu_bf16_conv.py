@@ -15,10 +15,11 @@ A stride-1 convolution is not affected, and subsampling its output is
 exactly the strided convolution: output ``o`` of a stride-``s`` convolution is
 output ``o * s`` of the stride-1 one. :class:`StrideSafeConv2d` computes an
 affected convolution that way; it costs nothing measurable, as only maps
-smaller than the stride take that path. At the start of every run this
-built-in plugin turns each strided ``nn.Conv2d`` of the model into one (same
-parameters, same ``state_dict``); a custom training loop calls
-:func:`guard_strided_convs` on its model.
+smaller than the stride take that path. jef's backbones are built with
+their strided convolutions guarded, and at the start of every run this
+built-in plugin guards each strided ``nn.Conv2d`` of the model (a plugin's
+backbone, heads; same parameters, same ``state_dict``). A custom training
+loop with a backbone of its own calls :func:`guard_strided_convs` on it.
 """
 
 from __future__ import annotations
