@@ -280,3 +280,14 @@ def test_metrics_hold_one_history_after_a_kill_and_a_resume(plugins, tmp_path, o
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)
 
+
+
+def test_a_resume_drops_the_lines_after_its_checkpoint_and_a_line_cut_short(tmp_path):
+    from jef.runlog import drop_superseded
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": step, "loss": 1.0 / step} for step in range(1, 7)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"step": 7, "lo')  # killed while writing
+    drop_superseded(path, 4)
+    assert path.read_text() == "".join(json.dumps(row) + "\n" for row in rows[:4])
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # rewritten in place, no temporary left
