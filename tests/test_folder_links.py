@@ -66,7 +66,7 @@ def test_a_link_to_its_own_folder_is_not_followed(tmp_path, labels):
     assert sorted(Path(p).name for p in splits.train.paths) == [f"{i:02d}.png" for i in range(8)]
     listed = _skipped(tmp_path / "run")
     assert list(listed) == [str(tmp_path / "photos" / "self")] and "a loop" in listed[str(tmp_path / "photos" / "self")]
-    assert any("left out 1 symbolic links" in m and "self" in m for m in messages)
+    assert any("left out 1 paths" in m and "self" in m for m in messages)
 
 
 def test_two_links_to_the_root_end_and_count_each_file_once(tmp_path):
@@ -107,7 +107,7 @@ def test_dangling_links_are_listed_as_skipped(tmp_path):
     listed = _skipped(tmp_path / "run")
     assert listed == {str(tmp_path / "photos" / "moved.jpg"): f"dangling symbolic link to {tmp_path / 'gone.jpg'}",
                       str(tmp_path / "photos" / "old_batch"): f"dangling symbolic link to {tmp_path / 'gone_folder'}"}
-    assert any("left out 2 symbolic links" in m and "moved.jpg" in m for m in messages)
+    assert any("left out 2 paths" in m and "moved.jpg" in m for m in messages)
 
 
 def test_links_to_a_shared_store_are_followed_and_each_file_counts_once(tmp_path):

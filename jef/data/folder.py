@@ -263,8 +263,8 @@ def _report_left_out(left_out: dict[str, str], listings: dict[str, tuple[Path, t
     roots = " and ".join(f"{what} {root}" for what, (root, _) in listings.items())
     named = [f"{p} ({left_out[p]})" for p in sorted(left_out)]
     where = f"; all are listed in {record}" if record is not None else ""
-    warnings.warn(f"image_folder: left out {len(left_out)} symbolic links or second paths to a file under {roots}: "
-                  f"{listing(named)}{where}", stacklevel=3)
+    warnings.warn(f"image_folder: left out {len(left_out)} paths under {roots} (symbolic links not followed, "
+                  f"second paths to a file, folders that cannot be listed): {listing(named)}{where}", stacklevel=3)
 
 
 def _check_listings(listings: dict[str, tuple[Path, tuple]], options: FolderOptions,
