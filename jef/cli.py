@@ -115,11 +115,11 @@ def _main(argv: list[str] | None) -> int:
     args.plugins = plugins
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, RegistryError, FileNotFoundError) as error:
-        print(f"jef: error: {error}", file=sys.stderr)
+    except (ConfigError, RegistryError, FileNotFoundError) as error:  # notes: the plugin and hook that raised it
+        print(f"jef: error: {error}", *getattr(error, "__notes__", ()), sep="\n", file=sys.stderr)
         return 2
     except FloatingPointError as error:  # a diverged run: the message says what to try
-        print(f"jef: error: {error}", file=sys.stderr)
+        print(f"jef: error: {error}", *getattr(error, "__notes__", ()), sep="\n", file=sys.stderr)
         return 1
     except BuildError as error:
         # A bad file, value or missing package is said in the message; anything else is likely a bug: show where.

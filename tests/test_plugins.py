@@ -281,3 +281,23 @@ def test_jef_train_prints_the_traceback_and_then_the_plugin_and_the_hook(tmp_pat
         result.stderr)
     assert lines[-2:] == ["ZeroDivisionError: a bug in the plugin",
                           f"jef: raised in hook jef_step_end of plugin {str(plugin)!r}"]
+
+
+def test_a_one_line_error_from_a_plugin_hook_names_the_plugin_too(tmp_path, capsys, one_thread,
+                                                                   failed_runs_collected):
+    import yaml
+
+    from jef.cli import main
+    from jef.testing import TINY_PIPELINE
+
+    plugin = tmp_path / "needs_a_file.py"
+    plugin.write_text("from jef import hookimpl\n\n@hookimpl\ndef jef_run_start(run):\n"
+                      "    open('/nonexistent/jef-settings.json')\n")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump(TINY_PIPELINE))
+    code = main(["--plugin", str(plugin), "train", str(pipeline), "--cpu", "--run-dir", str(tmp_path / "run"),
+                 "train.max_steps=1"])
+    err = capsys.readouterr().err.rstrip().splitlines()
+    assert code == 2 and "Traceback (most recent call last):" not in err  # the cli's one-line errors stay so
+    assert err[-2:] == ["jef: error: [Errno 2] No such file or directory: '/nonexistent/jef-settings.json'",
+                        f"jef: raised in hook jef_run_start of plugin {str(plugin)!r}"]
