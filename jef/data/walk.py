@@ -7,19 +7,22 @@ followed. What a link means is decided here, once, for ``image_folder``:
 - A link stands for the file or folder it points to and takes the label of
   the place where the link is (the class folder that holds it).
 - A link that points outside ``root`` (a shared store) is followed.
+- A link to a folder that holds the link (``self -> .``, ``up -> ..``,
+  ``all -> /``) is a loop and is not followed.
 - A link that points back into ``root`` but outside the folder being listed
-  (the class folder, or ``root`` itself when unlabelled), or at a folder that
-  holds that folder (``up -> ..``, ``all -> /``), is not followed: it would
-  give another class's images this class's label, or list the tree again.
-- A folder reached a second time (a loop such as ``self -> .``, or two links
-  to one folder) is listed once; so is a file (by its real path): the first
-  path in sorted order is used.
-- A link to nothing (dangling) is left out.
+  (its class folder, or ``root`` itself when unlabelled), or into another
+  class folder wherever that is, is not followed: it would give another
+  class's images this class's label.
+- A folder reached a second time (two links to one folder) is listed once;
+  so is a file, by its real path: the path found first (folders are listed
+  depth first, in name order) is used.
+- A link to nothing (dangling) is left out, and so is a folder that cannot
+  be listed (no permission).
 
-Every link left out, and every second path to a file already listed, is
-returned with its reason so that the caller can warn and write them to the
-run directory's ``skipped_images.txt``. The walk never enters a folder twice,
-so no link structure makes it loop.
+Everything left out, second paths to a file included, is returned with its
+reason so that the caller can warn and write it to the run directory's
+``skipped_images.txt``. The walk never enters a folder twice, so no link
+structure makes it loop.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class Walk:
 
     Attributes:
         root: The real path of the tree's top folder.
-        left_out: ``{path: reason}`` of the links not followed and the second paths to a file.
+        left_out: ``{path: reason}`` of the links not followed, the second paths to a file and the folders
+            that cannot be listed.
     """
 
     root: str
