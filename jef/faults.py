@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jef.dist import all_reduce_max
+
 __all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteLossError", "NonFiniteStateError", "NonFiniteWatch", "RunInterrupted",
            "check_finite_state", "handle_nonfinite", "keep_buffers", "nonfinite_terms", "stop_on_signals",
            "sync_point"]
@@ -259,8 +261,6 @@ def _agree_on_stop(run: Any) -> None:
     if run.accelerator.num_processes == 1:
         run.stopping = run.stopping or bool(run.stop_reason)
         return
-    from jef.dist import all_reduce_max
-
     local = [received.get("signal", 0) if received else 0, 1 if run.stop_reason else 0]
     number, asked = all_reduce_max(torch.tensor(local, device=run.accelerator.device)).tolist()
     if number and received is not None and "signal" not in received:  # another process got the signal
