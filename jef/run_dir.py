@@ -83,6 +83,7 @@ class RunDir:
     directory: Path
     resumed: dict[str, Any] | None
     main: bool
+    logger: MetricsLogger | None = None  # closed when the claim ends, however the run ended
 
     def open(self, run: Any, plugins: list[dict[str, Any]]) -> MetricsLogger:
         """Restore the checkpoint to resume into ``run``, then write the run's files and open its metrics.
@@ -100,8 +101,9 @@ class RunDir:
         if self.main:
             write_run_files(self.directory, run.pipeline.to_dict(), plugins)
         resumed_from = None if self.resumed is None else int(self.resumed["step"])
-        return MetricsLogger(self.directory, enabled=self.main, tensorboard=run.pipeline.train.tensorboard,
-                             resumed_from=resumed_from)
+        self.logger = MetricsLogger(self.directory, enabled=self.main, tensorboard=run.pipeline.train.tensorboard,
+                                    resumed_from=resumed_from)
+        return self.logger
 
     def already_complete(self, total: int) -> dict[str, float] | None:
         """When the resumed checkpoint has done ``total`` steps or more, say so and return the run's final metrics.
@@ -172,6 +174,7 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
         refusal = refusal or (RunDirError(verdict) if verdict is not None else None)
     if refusal is not None:
         raise refusal
+    claimed = None
     try:
         resumed = None
         if resume and not (directory / CHECKPOINT_NAME).is_file() and holds_run(directory):
@@ -181,8 +184,11 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
         if resume:  # before anything is built or written: a refused resume leaves the run directory as it was
             resumed = load_checkpoint(directory / CHECKPOINT_NAME)
             check_resumable(resumed, pipeline.to_dict(), directory / CHECKPOINT_NAME, force=resume == "force")
-        yield RunDir(directory, resumed, accelerator.is_main_process)
+        claimed = RunDir(directory, resumed, accelerator.is_main_process)
+        yield claimed
     finally:
+        if claimed is not None and claimed.logger is not None:  # a run that raised leaves no open file behind
+            claimed.logger.close()
         if lock is not None:
             lock.release()
             if not existed and directory.is_dir() and not any(directory.iterdir()):  # failed before writing anything

@@ -149,7 +149,6 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
             if run.checkpoint_step != run.step:  # the last epoch's checkpoint may already hold this step
                 save_run(run)
         if received:  # SIGTERM/SIGINT: checkpoint written; no evaluation, the job is being stopped
-            logger.close()
             raise RunInterrupted(received["signal"], run.step, directory)
         if run.stop_reason:
             tqdm.write(f"jef: run stopped at step {run.step}: {run.stop_reason}; checkpoint saved in {directory}",
@@ -162,8 +161,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
                 write_evaluation(run.directory, results, step=run.step)
         hook.jef_run_end(run=run, metrics=metrics)
         logger.write(run.step, {f"final/{k}": v for k, v in metrics.items()})
-    logger.close()
-    accelerator.end_training()
+    accelerator.end_training()  # the claim of the run directory closes the logger, however the run ends
     return metrics
 
 

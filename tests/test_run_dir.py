@@ -3,6 +3,7 @@ one-line errors for paths that cannot be run directories, and one history in met
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -10,11 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
+from jef import hookimpl
 from jef.checkpoint import load_checkpoint
 from jef.cli import main
 from jef.config import merge
@@ -291,3 +294,24 @@ def test_a_resume_drops_the_lines_after_its_checkpoint_and_a_line_cut_short(tmp_
     drop_superseded(path, 4)
     assert path.read_text() == "".join(json.dumps(row) + "\n" for row in rows[:4])
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # rewritten in place, no temporary left
+
+
+class _RaiseAtStep:
+    @hookimpl
+    def jef_step_end(self, run, outputs, terms):
+        if run.step == 1:
+            raise RuntimeError("a plugin bug")
+
+
+def test_a_run_that_raises_closes_its_files(plugins, tmp_path):
+    """An open metrics file left to the garbage collector warns later, inside whatever test or code runs then."""
+    plugins.manager.register(_RaiseAtStep(), name="raise-at-step")
+    try:
+        with pytest.raises(RuntimeError, match="a plugin bug"):
+            tiny_run({"eval": {"knn": {"enabled": False}}}, steps=3, run_dir=tmp_path / "run", plugins=plugins)
+    finally:
+        plugins.manager.unregister(name="raise-at-step")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
