@@ -162,9 +162,12 @@ def test_sigterm_to_one_rank_under_torchrun_stops_the_run_without_evaluating(tmp
                          eval={"knn": {"enabled": True}}, train={"log_every": 2})
     err = process.stderr
     assert process.returncode != 0  # torchrun reports its workers' 143 as a failure (ChildFailedError), exit 1
-    # torchrun's summary lists the workers that exited before it stopped the others (at least the first): 143 each.
+    # The first worker to exit is torchrun's root cause: jef's 143. torchrun then stops the others with SIGTERM;
+    # one that has not exited on its own by then (milliseconds, under load) is listed as killed by it (-15).
+    root_cause = re.search(r"Root Cause \(first observed failure\):[\s\S]*?exitcode\s*: (-?\d+)", err)
+    assert root_cause and root_cause.group(1) == "143", err[-4000:]
     reported = re.findall(r"rank\s*: (\d) \(local_rank: \d\)\s+exitcode\s*: (-?\d+)", err)
-    assert reported and all(code == "143" for _, code in reported), err[-4000:]
+    assert {code for _, code in reported} <= {"143", "-15"}, err[-4000:]
     assert err.count("jef: received SIGTERM: stopped after step 2; checkpoint saved in") <= 1, err[-4000:]
     assert "/jef/" not in "".join(line for line in err.splitlines() if line.lstrip().startswith("File "))
     _assert_stopped_without_evaluating(run_dir)
