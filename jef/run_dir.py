@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 
 from jef.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, restore_run
+from jef.launch import RunEnvironment
 from jef.runlog import METRICS_NAME, MetricsLogger, write_run_files
 from jef.validate import ConfigError
 
@@ -89,8 +90,9 @@ class RunDir:
         """Restore the checkpoint to resume into ``run``, then write the run's files and open its metrics.
 
         The checkpoint comes first: one that does not fit the model raises before the directory is touched.
-        Only the main process writes ``pipeline.yaml``, ``plugins.json`` and ``metrics.jsonl``; a resumed run's
-        metrics lose the lines written after its checkpoint's step (those steps are trained again).
+        Only the main process writes ``pipeline.yaml`` (headed by where the run trains), ``plugins.json`` and
+        ``metrics.jsonl``, whose first line (of this part of the run) says the same; a resumed run's metrics lose
+        the lines written after its checkpoint's step (those steps are trained again).
 
         Args:
             run: The freshly built :class:`jef.run_state.Run`.
@@ -98,11 +100,16 @@ class RunDir:
         """
         if self.resumed is not None:
             restore_run(run, self.resumed)
+        environment = RunEnvironment.of(run.accelerator, run.pipeline.train.precision)
         if self.main:
-            write_run_files(self.directory, run.pipeline.to_dict(), plugins)
+            write_run_files(self.directory, run.pipeline.to_dict(), plugins,
+                            header=f"trained on {environment.describe()}")
         resumed_from = None if self.resumed is None else int(self.resumed["step"])
         self.logger = MetricsLogger(self.directory, enabled=self.main, tensorboard=run.pipeline.train.tensorboard,
                                     resumed_from=resumed_from)
+        if self.main:  # where it runs, said once (the main process) and kept as the first line of this part's log
+            print(f"jef: training on {environment.describe()}; run directory {self.directory}", file=sys.stderr)
+            self.logger.write(run.step, environment.record())
         return self.logger
 
     def already_complete(self, total: int) -> dict[str, float] | None:

@@ -24,10 +24,18 @@ def plugin_listing(plugins: Any) -> list[dict[str, Any]]:
     return [attrs.asdict(info) for info in plugins.infos.values()]
 
 
-def write_run_files(directory: Path, pipeline_data: dict[str, Any], plugins: list[dict[str, Any]]) -> None:
-    """Keep what is needed to know how a run was made: the resolved pipeline and the installed plugins."""
+def write_run_files(directory: Path, pipeline_data: dict[str, Any], plugins: list[dict[str, Any]], *,
+                    header: str = "") -> None:
+    """Keep what is needed to know how a run was made: the resolved pipeline and the installed plugins.
+
+    Args:
+        directory: The run directory.
+        pipeline_data: The resolved pipeline (``Pipeline.to_dict()``), written as ``pipeline.yaml``.
+        plugins: The plugin listing, written as ``plugins.json``.
+        header: A comment line above the pipeline (where the run trains); YAML readers skip it.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(pipeline_data, sort_keys=False)
+    text = (f"# {header}\n" if header else "") + yaml.safe_dump(pipeline_data, sort_keys=False)
     atomic_write(directory / "pipeline.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     listing = json.dumps(plugins, indent=2)
     atomic_write(directory / "plugins.json", lambda tmp: tmp.write_text(listing, encoding="utf-8"))

@@ -33,7 +33,7 @@ from jef.config import Pipeline
 from jef.data_order import EpochSampler
 from jef.evaluate.protocols import evaluate_backbone, write_evaluation
 from jef.faults import RunInterrupted, handle_nonfinite, keep_buffers, nonfinite_terms, stop_on_signals, sync_point
-from jef.launch import RunEnvironment, check_process_count
+from jef.launch import check_process_count
 from jef.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
@@ -116,11 +116,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
     generator = torch.Generator().manual_seed(pipeline.seed * 1000)  # alike everywhere: views of the global batch
     run = Run(ctx, pipeline, accelerator, model, augmenter, optimizer, scheduler,
               directory if accelerator.is_main_process else None, generator, built.splits, built.monitors)
-    logger = claim.open(run, plugin_listing(plugins))  # restores the checkpoint, then writes the run's files
-    if accelerator.is_main_process:
-        environment = RunEnvironment.of(accelerator, train_options.precision)
-        tqdm.write(f"jef: training on {environment.describe()}; run directory {directory}", file=sys.stderr)
-        logger.write(run.step, environment.record())
+    logger = claim.open(run, plugin_listing(plugins))  # restores the checkpoint, writes the run's files, says where
     hook = plugins.manager.hook
     metrics: dict[str, float] = {}
     with run_plugins(plugins, [*built.components.values(), *built.monitors]):

@@ -95,6 +95,8 @@ def test_accelerate_launch_multi_gpu_trains_in_two_cpu_processes_and_says_so(tmp
     assert len(banners) == 1, banners  # printed once, by the main process
     assert re.fullmatch(r"jef: training on 2 processes \(accelerate launch\), device cpu(:0)?, precision no; "
                         r"run directory " + re.escape(str(run_dir)), banners[0]), banners[0]
+    header = (run_dir / "pipeline.yaml").read_text().splitlines()[0]
+    assert re.fullmatch(r"# trained on 2 processes \(accelerate launch\), device cpu(:0)?, precision no", header)
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert (first["run/world_size"], first["run/launcher"]) == (2, "accelerate launch")
     assert first["run/device"].startswith("cpu")
