@@ -11,3 +11,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def buggy_backbone():
+    """The source of a ``--plugin`` file whose backbone factory has a bug (an AttributeError at build)."""
+    return (
+        "from jef import hookimpl\n\n"
+        "@hookimpl\n"
+        "def jef_register_backbones(register):\n"
+        "    def build(options, ctx):\n"
+        "        return None.out_dim  # a bug in the plugin\n"
+        "    register('buggy', build)\n")

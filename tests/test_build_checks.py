@@ -159,17 +159,6 @@ def test_energies_and_functionals_are_given_the_online_and_the_target_width(targ
 # -- jef config show checks what jef train would build -------------------------------------------------------
 
 
-BUGGY_BACKBONE = """
-from jef import hookimpl
-
-@hookimpl
-def jef_register_backbones(register):
-    def build(options, ctx):
-        return None.out_dim  # a bug in the plugin
-    register("buggy", build)
-"""
-
-
 def test_config_show_refuses_local_views_for_a_method_without_multi_crop(tmp_path, capsys):
     path = tmp_path / "p.yaml"
     path.write_text("method: simsiam\ndata: {name: synthetic}\naugmenter: {name: views, n_local: 2}\n")
@@ -179,9 +168,9 @@ def test_config_show_refuses_local_views_for_a_method_without_multi_crop(tmp_pat
     assert "does not declare multi-crop support, but the augmenter makes 2 local view(s)" in err
 
 
-def test_config_show_reports_a_factory_that_fails(tmp_path, capsys):
+def test_config_show_reports_a_factory_that_fails(tmp_path, capsys, buggy_backbone):
     plugin = tmp_path / "buggy.py"
-    plugin.write_text(BUGGY_BACKBONE)
+    plugin.write_text(buggy_backbone)
     path = tmp_path / "p.yaml"
     path.write_text("method: simclr\ndata: {name: synthetic}\nbackbone: {name: buggy}\n")
     code, out, err = run_cli(capsys, "--plugin", str(plugin), "config", "show", str(path))

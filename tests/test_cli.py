@@ -122,18 +122,7 @@ def test_train_with_overrides_after_options_prints_knn(tmp_path, capsys):
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
-BUGGY_BACKBONE = """
-from jef import hookimpl
-
-@hookimpl
-def jef_register_backbones(register):
-    def build(options, ctx):
-        return None.out_dim  # a bug in the plugin
-    register("buggy", build)
-"""
-
-
-def test_a_component_that_fails_to_build_is_one_message_or_a_plugin_traceback(tmp_path, capsys):
+def test_a_component_that_fails_to_build_is_one_message_or_a_plugin_traceback(tmp_path, capsys, buggy_backbone):
     missing = tmp_path / "no-such-folder"
     pipeline = tmp_path / "folder.yaml"
     pipeline.write_text(f"method: simclr\ndata: {{name: image_folder, root: {missing}}}\n")
@@ -143,7 +132,7 @@ def test_a_component_that_fails_to_build_is_one_message_or_a_plugin_traceback(tm
     assert f"FileNotFoundError: image_folder: {missing} is not a directory" in err
 
     plugin = tmp_path / "buggy.py"
-    plugin.write_text(BUGGY_BACKBONE)
+    plugin.write_text(buggy_backbone)
     buggy = tmp_path / "buggy.yaml"
     buggy.write_text("method: simclr\ndata: {name: synthetic, train_size: 64}\nbackbone: {name: buggy}\n"
                      "train: {batch_size: 16}\n")

@@ -3,13 +3,11 @@
 Each test runs ``jef train`` through :func:`jef.cli.main` on tiny data, as a user would.
 """
 
-import gc
 import io
 import os
 import re
 import textwrap
 import traceback
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +51,7 @@ def photos_with_a_cut_file(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_file_that_fails_while_decoding_in_error_mode_is_one_line(tmp_path, capsys, one_thread,
-                                                                    photos_with_a_cut_file, workers,
-                                                                    failed_runs_collected):
+                                                                    photos_with_a_cut_file, workers):
     pipeline = merge(TINY_PIPELINE, {
         "data": {"name": "image_folder", "root": str(photos_with_a_cut_file.parent), "image_size": 16,
                  "labels": "none", "on_bad_image": "error"},
@@ -111,18 +108,6 @@ def jef_step_end(run, outputs, terms):
 """
 
 
-@pytest.fixture
-def failed_runs_collected():
-    """Collect what runs that raised left behind, so that its warnings do not land in a later test.
-
-    A run that fails in a hook leaves its metrics file open (jef/train.py closes the MetricsLogger only on
-    the normal path): collected later, in another test, its ResourceWarning would be that test's first warning.
-    """
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
 
 def _documented(key: str, actual: str) -> None:
     """A ``text`` block of docs/troubleshooting.md containing ``key`` shows ``actual``.
@@ -139,8 +124,7 @@ def _documented(key: str, actual: str) -> None:
     assert any(re.search(p, actual) for p in patterns), f"documented:\n{shown}\nreal:\n{actual}"
 
 
-def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_thread, photos_with_a_cut_file,
-                                        failed_runs_collected):
+def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_thread, photos_with_a_cut_file):
     from jef.components import RunContext
     from jef.data.folder import FolderOptions, build_image_folder
     from jef.optim import scaled_lr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import warnings
 
 import pytest
 
@@ -180,17 +178,7 @@ def test_trace_plugins_prints_hook_calls(monkeypatch, capsys):
 
 
 # --- an error raised by a plugin during a run names the plugin and the hook -----------------------
-@pytest.fixture
-def failed_runs_collected():
-    """Collect what runs that raised left behind, so that its warnings do not land in a later test.
 
-    A run that fails in a hook leaves its metrics file open (jef/train.py closes the MetricsLogger only on
-    the normal path): collected later, in another test, its ResourceWarning would be that test's first warning.
-    """
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 FAULTY_HOOK = """
@@ -206,7 +194,7 @@ HOOK_ARGS = {"jef_run_start": "run", "jef_train_step": "run, batch", "jef_after_
 
 
 @pytest.mark.parametrize("hook", list(HOOK_ARGS))
-def test_an_error_in_a_run_hook_names_the_plugin_and_the_hook(hook, one_thread, failed_runs_collected):
+def test_an_error_in_a_run_hook_names_the_plugin_and_the_hook(hook, one_thread):
     from jef.testing import tiny_run
 
     with fake_distribution("jef-plugin-faulty", FAULTY_HOOK.format(hook=hook, args=HOOK_ARGS[hook])):
@@ -242,7 +230,7 @@ def jef_register_monitors(register):
 """
 
 
-def test_an_error_in_a_functional_or_a_monitor_names_its_slot_and_plugin(one_thread, failed_runs_collected):
+def test_an_error_in_a_functional_or_a_monitor_names_its_slot_and_plugin(one_thread):
     from jef.testing import tiny_run
 
     functionals = [{"name": "info_nce", "temperature": 0.5}, {"name": "exploding"}]
@@ -283,8 +271,7 @@ def test_jef_train_prints_the_traceback_and_then_the_plugin_and_the_hook(tmp_pat
                           f"jef: raised in hook jef_step_end of plugin {str(plugin)!r}"]
 
 
-def test_a_one_line_error_from_a_plugin_hook_names_the_plugin_too(tmp_path, capsys, one_thread,
-                                                                   failed_runs_collected):
+def test_a_one_line_error_from_a_plugin_hook_names_the_plugin_too(tmp_path, capsys, one_thread):
     import yaml
 
     from jef.cli import main
