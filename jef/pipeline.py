@@ -175,7 +175,7 @@ class Built:
 
 def build_data(pipeline: Pipeline, ctx: RunContext) -> DataSplits:
     """The pipeline's data splits."""
-    return _make(pipeline.data, ctx)
+    return _make(pipeline.data, ctx, pipeline, "data")
 
 
 def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None) -> Built:
@@ -228,34 +228,36 @@ def _declared(options: Any, name: str, default: int | None) -> int | None:
 def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Module, JointEmbedding, list[Any],
                                                                dict[str, Any]]:
     """Augmenter, model (with objective), monitors and the named components, for data facts already in ``ctx``."""
-    augmenter = _make(pipeline.augmenter, ctx)
+    augmenter = _make(pipeline.augmenter, ctx, pipeline, "augmenter")
     ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
                        image_size=getattr(augmenter, "size", ctx.image_size))
     _check_multi_crop(pipeline, augmenter)
-    backbone = _make(pipeline.backbone, ctx)
+    backbone = _make(pipeline.backbone, ctx, pipeline, "backbone")
     h_dim = z_dim = backbone.out_dim
     projector = predictor = None
     if pipeline.projector is not None:
-        projector = _make(pipeline.projector, attrs.evolve(ctx, in_dim=h_dim))
+        projector = _make(pipeline.projector, attrs.evolve(ctx, in_dim=h_dim), pipeline, "projector")
         z_dim = _out_dim(pipeline.projector, projector, h_dim)
     online_dim = z_dim
     if pipeline.predictor is not None:
-        predictor = _make(pipeline.predictor, attrs.evolve(ctx, in_dim=z_dim))
+        predictor = _make(pipeline.predictor, attrs.evolve(ctx, in_dim=z_dim), pipeline, "predictor")
         online_dim = _out_dim(pipeline.predictor, predictor, z_dim)
     # An EMA target without its own projector compares backbone features.
     target_dim = h_dim if pipeline.target.name == "ema" and not pipeline.target.projector else z_dim
     # Energies and functionals see both widths; ``in_dim`` stays the target's (a queue sizes its buffer with it
     # before any batch, so that a checkpoint can be loaded into it).
     z_ctx = attrs.evolve(ctx, in_dim=target_dim, online_dim=online_dim, target_dim=target_dim)
-    energy = (pipeline.energy.name, _make(pipeline.energy, z_ctx), pipeline.energy.weight) if pipeline.energy else None
-    functionals = [(s.name, _make(s, z_ctx), s.weight) for s in pipeline.functionals]
+    energy = (pipeline.energy.name, _make(pipeline.energy, z_ctx, pipeline, "energy"), pipeline.energy.weight
+              ) if pipeline.energy else None
+    functionals = [(s.name, _make(s, z_ctx, pipeline, f"functionals.{i}"), s.weight)
+                   for i, s in enumerate(pipeline.functionals)]
     _check_target_maker(pipeline, energy, functionals)
     _check_widths(pipeline, energy, functionals, online_dim, target_dim)
     objective = Objective(energy, functionals)
     model = JointEmbedding(backbone, projector, predictor, objective, pipeline.target, augmenter.n_global)
     if pipeline.train.sync_bn and ctx.world_size > 1:
         _sync_batch_norm(model)
-    monitors = [_make(s, ctx) for s in pipeline.monitors]
+    monitors = [_make(s, ctx, pipeline, f"monitors.{i}") for i, s in enumerate(pipeline.monitors)]
     if pipeline.target.name == "ema":
         monitors.append(EmaTarget(model, pipeline.target, ctx.total_steps))
     components = {"augmenter": augmenter, "backbone": backbone, "projector": projector, "predictor": predictor,
@@ -356,12 +358,14 @@ def _width_path(pipeline: Pipeline, *, online: bool) -> tuple[str, str]:
     return path, f"{path}.out_dim" if "out_dim" in fields else path
 
 
-def _make(slot: Slot, ctx: RunContext) -> Any:
-    """Call a slot's factory, naming the component and its plugin if it fails."""
+def _make(slot: Slot, ctx: RunContext, pipeline: Pipeline, path: str) -> Any:
+    """Call a slot's factory; if it fails, name the pipeline file, the slot's YAML ``path``, the component and its
+    plugin."""
     try:
         return slot.entry.factory(slot.options, ctx)
     except Exception as error:
-        raise BuildError(f"building {slot.kind} {slot.name!r} from plugin "
+        where = ": ".join(part for part in (pipeline.source, path) if part)
+        raise BuildError(f"{where}: building {slot.kind} {slot.name!r} from plugin "
                          f"{slot.entry.provenance} failed: {type(error).__name__}: {error}") from error
 
 

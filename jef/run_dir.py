@@ -168,7 +168,8 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other: continue the run or replace it",
                           source=str(directory))
-    lock, refusal, existed = None, None, directory.exists()
+    lock, refusal = None, None
+    created = [d for d in (directory, *directory.parents) if not d.exists()]  # removed if left empty
     if accelerator.is_main_process:
         try:
             lock = _claim(directory, resume=bool(resume), overwrite=overwrite)
@@ -198,8 +199,10 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
             claimed.logger.close()
         if lock is not None:
             lock.release()
-            if not existed and directory.is_dir() and not any(directory.iterdir()):  # failed before writing anything
-                directory.rmdir()
+            for made in created:  # a run that failed before writing anything leaves no empty folders behind
+                if not made.is_dir() or any(made.iterdir()):
+                    break
+                made.rmdir()
 
 
 def _claim(directory: Path, *, resume: bool, overwrite: bool) -> RunDirLock:

@@ -175,7 +175,7 @@ def test_config_show_reports_a_factory_that_fails(tmp_path, capsys, buggy_backbo
     path.write_text("method: simclr\ndata: {name: synthetic}\nbackbone: {name: buggy}\n")
     code, out, err = run_cli(capsys, "--plugin", str(plugin), "config", "show", str(path))
     assert code == 2 and out == ""
-    assert err.rstrip().splitlines()[-1].startswith("jef: error: building backbone 'buggy' from plugin")
+    assert err.rstrip().splitlines()[-1].startswith(f"jef: error: {path}: backbone: building backbone 'buggy' from ")
 
 
 def test_config_show_builds_without_the_data(tmp_path, capsys):

@@ -128,7 +128,7 @@ def test_a_component_that_fails_to_build_is_one_message_or_a_plugin_traceback(tm
     pipeline.write_text(f"method: simclr\ndata: {{name: image_folder, root: {missing}}}\n")
     code, out, err = run_cli(capsys, "train", str(pipeline), "--run-dir", str(tmp_path / "run"), "--cpu")
     assert code == 2 and "Traceback" not in err  # the user's input: a message only
-    assert err.startswith("jef: error: building dataset 'image_folder' from plugin builtin.datasets")
+    assert err.startswith(f"jef: error: {pipeline}: data: building dataset 'image_folder' from plugin builtin.datasets")
     assert f"FileNotFoundError: image_folder: {missing} is not a directory" in err
 
     plugin = tmp_path / "buggy.py"
@@ -140,4 +140,4 @@ def test_a_component_that_fails_to_build_is_one_message_or_a_plugin_traceback(tm
                              "--cpu")
     assert code == 2
     assert "Traceback" in err and "return None.out_dim" in err  # a bug in a plugin: where it is
-    assert err.rstrip().splitlines()[-1].startswith("jef: error: building backbone 'buggy' from plugin")
+    assert err.rstrip().splitlines()[-1].startswith(f"jef: error: {buggy}: backbone: building backbone 'buggy' from ")

@@ -315,3 +315,11 @@ def test_a_run_that_raises_closes_its_files(plugins, tmp_path):
         warnings.simplefilter("always", ResourceWarning)
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folders_behind(tmp_path, capsys):
+    pipeline = tmp_path / "folder.yaml"
+    pipeline.write_text(f"method: simclr\ndata: {{name: image_folder, root: {tmp_path / 'absent'}}}\n")
+    assert main(["train", str(pipeline), "--run-dir", str(tmp_path / "runs" / "a" / "run"), "--cpu"]) == 2
+    assert "data: building dataset 'image_folder'" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder.yaml"]  # not even runs/ or runs/a/
