@@ -6,12 +6,12 @@ Each test runs ``jef train`` through :func:`jef.cli.main` on tiny data, as a use
 import io
 import os
 import re
-import textwrap
 import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
+from docs_text import assert_documented
 import yaml
 from PIL import Image
 
@@ -109,21 +109,6 @@ def jef_step_end(run, outputs, terms):
 
 
 
-def _documented(key: str, actual: str) -> None:
-    """A ``text`` block of docs/troubleshooting.md containing ``key`` shows ``actual``.
-
-    The rule of ``assert_documented`` in tests/test_docs.py: ``...`` matches anything, runs of whitespace match
-    any whitespace.
-    """
-    page = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
-    shown = [block for block in re.findall(r"```text\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
-             if key in block]
-    assert shown, f"docs/troubleshooting.md no longer shows a message containing {key!r}"
-    patterns = [r"[\s\S]*?".join(r"\s+".join(re.escape(w) for w in piece.split())
-                                 for piece in textwrap.dedent(text).strip().split("...")) for text in shown]
-    assert any(re.search(p, actual) for p in patterns), f"documented:\n{shown}\nreal:\n{actual}"
-
-
 def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_thread, photos_with_a_cut_file):
     from jef.components import RunContext
     from jef.data.folder import FolderOptions, build_image_folder
@@ -138,28 +123,28 @@ def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_threa
     splits = build_image_folder(FolderOptions(root="photos", image_size=16, on_bad_image="error"), RunContext())
     with pytest.raises(ConfigError) as error:
         splits.train[list(splits.train.paths).index(str(cut))]
-    _documented("cannot decode image", f"jef: error: {error.value}")
+    assert_documented("troubleshooting.md", "cannot decode image", f"jef: error: {error.value}")
 
     code, err = _train(capsys, tmp_path, {"method": "simclr", "data": {"name": "image_folder", "root": "gone"}})
-    _documented("data.root: no such folder", _one_error_line(err).replace("gone", "photos"))
+    assert_documented("troubleshooting.md", "data.root: no such folder", _one_error_line(err).replace("gone", "photos"))
 
     os.symlink(tmp_path / "moved.jpg", "photos/moved.jpg")
     os.symlink(".", "photos/self")
     (tmp_path / "photos" / "cut.jpg").unlink()
     with pytest.warns(UserWarning, match="left out") as got:
         build_image_folder(FolderOptions(root="photos", image_size=16), RunContext(run_dir=Path("runs/photos")))
-    _documented("left out", f"UserWarning: {got[0].message}")
+    assert_documented("troubleshooting.md", "left out", f"UserWarning: {got[0].message}")
 
     with pytest.raises(ConfigError) as error:
         scaled_lr(OptimizerOptions(lr=3.0e38), 512)
-    _documented("beyond the largest float32", f"jef: error: {error.value}")
+    assert_documented("troubleshooting.md", "beyond the largest float32", f"jef: error: {error.value}")
 
     with fake_distribution("jef-plugin-spread", SPREAD):
         plugins = load_plugins()
         with pytest.raises(ZeroDivisionError) as error:
             tiny_run(steps=3, plugins=plugins)
-        _documented("jef: raised in hook", "".join(traceback.format_exception(error.value)))
+        assert_documented("troubleshooting.md", "jef: raised in hook", "".join(traceback.format_exception(error.value)))
         functionals = [{"name": "info_nce", "temperature": 0.5}, {"name": "spread"}]
         with pytest.raises(RuntimeError) as error:
             tiny_run({"functionals": functionals}, steps=2, plugins=plugins)
-        _documented("jef: raised in functionals", "".join(traceback.format_exception(error.value)))
+        assert_documented("troubleshooting.md", "jef: raised in functionals", "".join(traceback.format_exception(error.value)))
