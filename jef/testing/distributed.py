@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import functools
 import itertools
 import os
@@ -34,6 +35,9 @@ _GROUPS = itertools.count()
 
 
 def _worker(rank: int, world_size: int, port: int, outdir: str, job: Callable[[int], Any]) -> None:
+    # A process killed by a signal (SIGABRT from a C++ abort, SIGSEGV) prints every thread's Python stack first:
+    # mp.spawn itself reports only the signal's name.
+    faulthandler.enable(all_threads=True)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)  # the processes share the machine's cores
     store = tdist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0, timeout=TIMEOUT)
