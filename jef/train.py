@@ -157,6 +157,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
                 write_evaluation(run.directory, results, step=run.step)
         hook.jef_run_end(run=run, metrics=metrics)
         logger.write(run.step, {f"final/{k}": v for k, v in metrics.items()})
+    accelerator.wait_for_everyone()  # none tears the group down while another still uses it
     accelerator.end_training()  # the claim of the run directory closes the logger, however the run ends
     return metrics
 

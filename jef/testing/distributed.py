@@ -16,6 +16,7 @@ import itertools
 import os
 import socket
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,6 +49,13 @@ def _worker(rank: int, world_size: int, port: int, outdir: str, job: Callable[[i
     finally:
         if tdist.is_initialized():  # Accelerator.end_training() may have destroyed it already
             tdist.destroy_process_group()
+    # Rank 0 serves the store: it leaves only once every process is done with its group, so that no process
+    # tears its connections down while another still uses them or the store.
+    store.add("finished", 1)
+    if rank == 0:
+        deadline = datetime.datetime.now() + TIMEOUT
+        while store.add("finished", 0) < world_size and datetime.datetime.now() < deadline:
+            time.sleep(0.01)
 
 
 def ensure_process_group() -> None:
