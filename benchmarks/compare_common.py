@@ -1,5 +1,5 @@
 """What both sides of benchmarks/compare_lightly.py share: the backbone, the data, evaluation, timing, and
-the jef worker (``jef.train.train`` with a plugin that times every step)."""
+the jef worker (``jef.run.loop.train`` with a plugin that times every step)."""
 
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def setup(cfg: dict[str, Any]) -> tuple[_JefBench, Any, Any, torch.device, dict[
 
 
 def run_jef(cfg: dict[str, Any]) -> dict[str, Any]:
-    from jef.train import train
+    from jef.run.loop import train
 
     bench, plugins, pipeline, device, arrays = setup(cfg)
     if cfg["mode"] == "step":

@@ -6,7 +6,7 @@ shapes, the same loss (scaled to jef's recipe), the same optimiser, learning-rat
 seed. Every hyper-parameter of both sides is read from jef's resolved pipeline (the method's recipe plus this
 script's overrides), so the two cannot drift apart. Each side augments the way it does in practice:
 
-* jef: ``jef.train.train`` (the real loop) with its batched augmenter on the training device;
+* jef: ``jef.run.loop.train`` (the real loop) with its batched augmenter on the training device;
 * lightly: its torchvision/PIL transforms (``SimCLRTransform`` etc., parameters copied from jef's views) in a
   ``DataLoader`` with worker processes, its heads (``lightly.models.modules``), losses (``lightly.loss``),
   momentum utilities and LARS (``lightly.utils``), in a plain loop as its examples write it.

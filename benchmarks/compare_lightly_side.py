@@ -215,7 +215,7 @@ def lightly_optimizer(model: LightlyMethod, pipeline, steps_per_epoch: int, tota
     schedule is jef's warm-up + cosine multiplier (lightly's ``CosineWarmupScheduler`` has the same shape)."""
     from lightly.utils.lars import LARS
 
-    from jef.optim import scaled_lr, warmup_cosine
+    from jef.run.optim import scaled_lr, warmup_cosine
 
     o = pipeline.train.optimizer
     fixed = {id(p) for p in model.predictor.parameters()} if o.fixed_lr_predictor else set()

@@ -48,7 +48,7 @@ from jef import hookimpl
 from jef.config import resolve
 from jef.plugins import Plugins, load_plugins
 from jef.testing import temporary_plugin
-from jef.train import train
+from jef.run.loop import train
 
 PRECISIONS = ("no", "bf16", "fp16")
 BACKBONES: dict[str, dict[str, Any]] = {

@@ -3,7 +3,7 @@
 For each method, one pipeline is resolved and built with jef (``jef.pipeline.build``). Then, on the same
 pre-made views (no data loading, no augmentation):
 
-* **jef**: the real loop body, ``jef.train._train_epoch``, under ``accelerator.prepare`` on the CPU: the
+* **jef**: the real loop body, ``jef.run.loop._train_epoch``, under ``accelerator.prepare`` on the CPU: the
   ``jef_train_step`` hook (here a plugin that feeds the fixed views to the model instead of augmenting),
   ``accelerator.backward``, ``jef_after_backward`` hooks, the optimiser and scheduler steps, ``jef_step_end``
   hooks (EMA, queue, prototypes), the non-finite watch, epoch sums and logging every ``train.log_every`` steps.
@@ -95,9 +95,9 @@ class Bench:
 
         from jef.components import RunContext
         from jef.config import merge, resolve
-        from jef.optim import build_optimizer, lr_lambdas
+        from jef.run.optim import build_optimizer, lr_lambdas
         from jef.pipeline import build, build_data
-        from jef.run_state import Run
+        from jef.run.state import Run
 
         settings = {
             "method": method, "seed": 0,
@@ -193,7 +193,7 @@ class Bench:
     # -- jef ------------------------------------------------------------------------------------------------
 
     def jef_block(self, plugins: Any, hook: Any, bar: Any, logger: Any) -> float:
-        from jef.train import _train_epoch
+        from jef.run.loop import _train_epoch
 
         self.run.batch_in_epoch = 0
         started = time.perf_counter()
@@ -204,8 +204,8 @@ class Bench:
 def measure(method: str, args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from jef.run_state import run_plugins
-    from jef.runlog import MetricsLogger
+    from jef.run.state import run_plugins
+    from jef.run.log import MetricsLogger
     from jef.testing import temporary_plugin
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jef import moved
 from jef.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -30,12 +31,14 @@ def load_pipeline(path: Any, overrides: list[str] | None = None) -> Pipeline:
     return _load(path, overrides or [])
 
 
-def run(pipeline: Pipeline, **kwargs: Any) -> dict[str, float]:
-    """Train a validated pipeline; returns the final metrics. See :func:`jef.train.train`.
+def __getattr__(name: str) -> Any:
+    # ``jef.run`` is the run package, callable as the function that trains (jef.run(pipeline, ...)); imported on
+    # first use, so that ``import jef`` stays light.
+    if name == "run":
+        import importlib
 
-    A run directory that already holds a run is refused (:class:`jef.run_dir.RunDirError`): pass ``resume=True``
-    to continue it, ``overwrite=True`` to move it aside and start afresh, or another ``run_dir``.
-    """
-    from jef.train import train
+        return importlib.import_module("jef.run")
+    raise AttributeError(f"module 'jef' has no attribute {name!r}")
 
-    return train(pipeline, **kwargs)
+
+moved.install()

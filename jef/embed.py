@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 import jef
-from jef.checkpoint import atomic_write
+from jef.files import atomic_write
 from jef.components import DataSplits
 from jef.export import ExportError
 from jef.runs import LoadedRun

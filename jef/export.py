@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import jef
-from jef.checkpoint import atomic_write
+from jef.files import atomic_write
 from jef.runs import LoadedRun, load_run
 
 __all__ = ["FORMATS", "ExportError", "describe_backbone", "export_backbone", "load_exported", "open_run", "readme_text",

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import pluggy as _pluggy
 
     from jef.components import StepOutputs
-    from jef.run_state import Run
+    from jef.run.state import Run
 
 PROJECT = "jef"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -239,7 +239,7 @@ def jef_step_end(run: Run, outputs: StepOutputs | None, terms: dict[str, Any]) -
         run: The run; ``run.step`` is the number of optimiser steps done.
         outputs: The step's model outputs (detach before keeping them).
         terms: The step's loss terms, a mapping of floats averaged over processes that is read from the
-            device only when a value is first accessed (``jef.step_terms.StepTerms``). Reading one stalls the
+            device only when a value is first accessed (``jef.run.terms.StepTerms``). Reading one stalls the
             step on a GPU and, with several processes, is an all-reduce every process must then do: read them
             only on steps where you need them (e.g. every N steps, on every process alike).
     """

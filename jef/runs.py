@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import torch
 
-from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from jef.run.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jef.components import RunContext
 from jef.config import Pipeline, load_pipeline
 from jef.pipeline import Built, build

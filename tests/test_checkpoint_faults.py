@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from jef import hookimpl
-from jef.checkpoint import CheckpointWriteError, load_checkpoint
+from jef.run.checkpoint import CheckpointWriteError, load_checkpoint
 from jef.config import merge
-from jef.faults import NonFiniteStateError
+from jef.run.faults import NonFiniteStateError
 from jef.plugins import load_plugins
 from jef.testing import TINY_PIPELINE, temporary_plugin, tiny_run
 
@@ -102,7 +102,7 @@ def _fill_second_write(monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         original(state, handle)
 
-    monkeypatch.setattr("jef.checkpoint.torch.save", save)
+    monkeypatch.setattr("jef.run.checkpoint.torch.save", save)
 
 
 def test_a_full_disk_is_one_error_keeping_the_previous_checkpoint(plugins, tmp_path, monkeypatch, one_thread):

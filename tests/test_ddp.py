@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.multiprocessing.spawn import ProcessRaisedException
 
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.testing import train_in_processes, train_killed_at
 
 
@@ -64,7 +64,7 @@ def test_resuming_on_another_number_of_processes_is_refused(straight_two_process
     import shutil
     import warnings
 
-    from jef.checkpoint import CheckpointError
+    from jef.run.checkpoint import CheckpointError
     from jef.testing import tiny_run
 
     run_dir = tmp_path / "two"
@@ -96,7 +96,7 @@ def _unwritable_checkpoints_job(rank, run_dir):
     """A full disk on process 0, then a NaN buffer on process 1 only: every process must raise (none waits)."""
     import errno
 
-    import jef.checkpoint as checkpoint
+    import jef.run.checkpoint as checkpoint
     from jef import hookimpl
     from jef.plugins import load_plugins
     from jef.testing import temporary_plugin, tiny_run

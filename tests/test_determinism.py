@@ -24,7 +24,7 @@ from torch import nn
 
 from jef import hookimpl
 from jef.builtin.cpu_bf16_conv import StrideSafeConv2d, guard_strided_convs, takes_unit_stride
-from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from jef.run.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jef.config import merge
 from jef.plugins import load_plugins
 from jef.components import RunContext

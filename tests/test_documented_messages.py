@@ -42,7 +42,7 @@ def tiny(overrides, plugins):
 def test_numba_missing_is_explained_as_documented(plugins, monkeypatch):
     from jef.augment import cpu_kernels
     from jef.registry import BuildError
-    from jef.train import train
+    from jef.run.loop import train
 
     monkeypatch.setattr(cpu_kernels, "_import", lambda: None)  # as if numba were not installed
     pipeline = tiny({"augmenter": {"name": "views", "cpu_backend": "numba"}}, plugins)
@@ -55,7 +55,7 @@ def test_the_run_directory_errors_are_documented(tmp_path, monkeypatch):
     import shutil
     from types import SimpleNamespace
 
-    from jef.run_dir import RunDirError, RunDirLock, claim_run_dir
+    from jef.run.directory import RunDirError, RunDirLock, claim_run_dir
 
     monkeypatch.chdir(tmp_path)
     main_process = SimpleNamespace(is_main_process=True, num_processes=1)
@@ -89,7 +89,7 @@ def test_the_run_directory_errors_are_documented(tmp_path, monkeypatch):
 
 
 def test_fp16_on_cpu_is_refused_as_documented(plugins):
-    from jef.train import train
+    from jef.run.loop import train
 
     pipeline = tiny({"train": {"precision": "fp16"}}, plugins)
     with pytest.raises(ValueError) as error:
@@ -98,7 +98,7 @@ def test_fp16_on_cpu_is_refused_as_documented(plugins):
 
 
 def test_a_launch_of_fewer_processes_than_asked_is_refused_as_documented():
-    from jef.launch import check_process_count
+    from jef.run.launch import check_process_count
 
     environ = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}
     command = ["accelerate", "launch", "--cpu", "--num_processes", "2", "-m", "jef", "train", "byol-cifar10.yaml"]
@@ -108,7 +108,7 @@ def test_a_launch_of_fewer_processes_than_asked_is_refused_as_documented():
 
 
 def test_too_little_data_is_refused_as_documented(tmp_path, plugins):
-    from jef.train import train
+    from jef.run.loop import train
 
     pipeline = tiny({"data": {"train_size": 100}, "train": {"batch_size": 256}}, plugins)
     with pytest.raises(ValueError) as error:
@@ -191,7 +191,7 @@ def test_a_name_clash_is_reported_as_documented():
 
 
 def test_resuming_without_a_checkpoint_is_reported_as_documented(tmp_path, monkeypatch):
-    from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from jef.run.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as error:

@@ -12,9 +12,9 @@ import yaml
 
 from jef import hookimpl
 from jef.builtin.step import jef_train_step as default_train_step
-from jef.checkpoint import CheckpointError, load_checkpoint, pipeline_differences, save_checkpoint
+from jef.run.checkpoint import CheckpointError, load_checkpoint, pipeline_differences, save_checkpoint
 from jef.config import merge
-from jef.faults import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError, RunInterrupted, nonfinite_terms
+from jef.run.faults import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError, RunInterrupted, nonfinite_terms
 from jef.plugins import load_plugins
 from jef.runs import load_run
 from jef.testing import temporary_plugin, tiny_run
@@ -263,7 +263,7 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypat
         handle.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("jef.checkpoint.torch.save", disk_full)
+    monkeypatch.setattr("jef.run.checkpoint.torch.save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "step": 2})
     assert load_checkpoint(path)["step"] == 1

@@ -77,7 +77,7 @@ def test_a_rate_beyond_float32_is_a_config_error_naming_its_path(tmp_path, capsy
 
 
 def test_a_rate_that_overflows_float32_once_scaled_names_the_rate_and_the_batch():
-    from jef.optim import scaled_lr
+    from jef.run.optim import scaled_lr
     from jef.options import OptimizerOptions
     from jef.validate import ConfigError
 
@@ -112,7 +112,7 @@ def jef_step_end(run, outputs, terms):
 def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_thread, photos_with_a_cut_file):
     from jef.components import RunContext
     from jef.data.folder import FolderOptions, build_image_folder
-    from jef.optim import scaled_lr
+    from jef.run.optim import scaled_lr
     from jef.options import OptimizerOptions
     from jef.plugins import load_plugins
     from jef.testing import fake_distribution, tiny_run

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from jef.config import merge
-from jef.launch import LaunchError, RunEnvironment, check_process_count, detect_launcher, requested_processes
+from jef.run.launch import LaunchError, RunEnvironment, check_process_count, detect_launcher, requested_processes
 from jef.testing import TINY_PIPELINE
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from jef.builtin.banks import MemoryBank
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.components import Branch, RunContext, StepOutputs
 from jef.functional import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
 from jef.plugins import load_plugins

@@ -14,7 +14,7 @@ import torch
 
 from jef.builtin import monitors
 from jef.builtin.monitors import CollapseMonitor, CollapseOptions, build_collapse
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.components import Branch, RunContext, StepOutputs
 from jef.evaluate.collapse import CollapseWarning, alignment, uniformity
 from jef.plugins import load_plugins
@@ -24,7 +24,7 @@ from jef.validate import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 class FakeRun:
-    """The part of jef.train.Run a monitor uses."""
+    """The part of jef.run.loop.Run a monitor uses."""
 
     def __init__(self, rank=0):
         self.step = 0

@@ -108,7 +108,7 @@ def test_a_step_reads_nothing_from_the_device_between_log_steps(method, plugins,
 
 def test_a_step_asks_nothing_of_the_file_system(plugins, counter, monkeypatch, one_thread):
     """Accelerate asks importlib whether ``lomo_optim`` is installed at every optimizer step, a search of every
-    ``sys.path`` entry (``jef.accelerate_compat`` answers it once per process); nothing else may search per step.
+    ``sys.path`` entry (``jef.run.accelerate_compat`` answers it once per process); nothing else may search per step.
     Without the cache this fails with ``(2, 'lomo_optim')``."""
     asked: list[tuple[int, str]] = []
     find_spec = importlib.util.find_spec

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from jef import hookimpl
 from jef.builtin.online_linear import OnlineLinearMonitor, OnlineLinearOptions
 from jef.builtin.periodic_knn import KnnMonitor, KnnMonitorOptions
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.components import Branch, DataSplits, RunContext, StepOutputs
 from jef.config import merge
 from jef.evaluate.knn import knn_evaluate
@@ -55,7 +55,7 @@ def _splits(labelled=True, test=True):
 
 
 class FakeRun:
-    """The part of jef.train.Run the probes use."""
+    """The part of jef.run.loop.Run the probes use."""
 
     def __init__(self, splits, backbone=None, rank=0):
         self.step, self.epoch, self.ctx, self.splits = 0, 0, RunContext(rank=rank), splits

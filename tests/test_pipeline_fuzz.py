@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from jef.cli import main
 from jef.components import DataSplits, RunContext
 from jef.config import LIST_SLOTS, SLOTS, TOP_LEVEL, load_pipeline, resolve
-from jef.optim import build_optimizer, lr_lambdas
+from jef.run.optim import build_optimizer, lr_lambdas
 from jef.options import EvalOptions, TargetOptions, TrainOptions
 from jef.pipeline import build
 from jef.plugins import load_plugins

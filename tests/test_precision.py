@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from jef import hookimpl
-from jef.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from jef.run.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jef.components import RunContext
 from jef.config import merge
 from jef.functional import l2_normalize, momentum_update

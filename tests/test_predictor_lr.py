@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from jef.hookspecs import hookimpl
-from jef.optim import build_optimizer, lr_lambdas, warmup_cosine
+from jef.run.optim import build_optimizer, lr_lambdas, warmup_cosine
 from jef.options import OptimizerOptions, ScheduleOptions
 from jef.testing import fresh_plugins, tiny_run
 

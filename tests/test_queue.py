@@ -11,7 +11,7 @@ import torch
 
 from jef.builtin.energies import ScaledCosineEnergy
 from jef.builtin.queues import QueueInfoNCE
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.components import Branch, StepOutputs
 from jef.functional.queue import enqueue
 from jef.pipeline import Objective

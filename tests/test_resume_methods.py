@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.config import merge
 from jef.plugins import load_plugins
 from jef.testing import tiny_run, train_killed_at

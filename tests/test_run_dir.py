@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from jef import hookimpl
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.cli import main
 from jef.config import merge
 from jef.plugins import load_plugins
-from jef.run_dir import RunDirError
+from jef.run.directory import RunDirError
 from jef.testing import TINY_PIPELINE, tiny_run, train_killed_at
 
 #: Two epochs of 4 steps (64 images, batch 16), a checkpoint every 2 steps, kNN on (it writes evaluation.json).
@@ -286,7 +286,7 @@ def test_metrics_hold_one_history_after_a_kill_and_a_resume(plugins, tmp_path, o
 
 
 def test_a_resume_drops_the_lines_after_its_checkpoint_and_a_line_cut_short(tmp_path):
-    from jef.runlog import drop_superseded
+    from jef.run.log import drop_superseded
 
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": step, "loss": 1.0 / step} for step in range(1, 7)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from jef import hookimpl
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.plugins import load_plugins
 from jef.runs import load_run
 from jef.testing import temporary_plugin, tiny_run

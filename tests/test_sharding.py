@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from jef.augment import ViewsAugmenter, ViewsOptions
-from jef.data_order import EpochSampler
+from jef.run.sampler import EpochSampler
 from jef.testing import record_runs
 
 SIZE, GLOBAL_BATCH, EPOCHS, SEED = 70, 16, 2, 5

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.config import merge
 from jef.plugins import load_plugins
 from jef.testing import TINY_PIPELINE, tiny_run
@@ -28,7 +28,7 @@ STEPS = 6
 
 SECOND_CTRL_C = '''
 import os, signal
-import jef.checkpoint as checkpoint
+import jef.run.checkpoint as checkpoint
 from jef import hookimpl
 
 MODE, STEP, sent = {mode!r}, 3, []

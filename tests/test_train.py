@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from jef import hookimpl
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.plugins import load_plugins
 from jef.testing import InterruptAt, tiny_run
 

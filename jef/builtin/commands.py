@@ -47,8 +47,8 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from jef.faults import RunInterrupted
-    from jef.train import train
+    from jef.run.faults import RunInterrupted
+    from jef.run.loop import train
 
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
     resume = "force" if args.force_resume else args.resume
@@ -83,7 +83,7 @@ def plugins_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def plugins_command(args: argparse.Namespace) -> int:
-    from jef.runlog import plugin_listing
+    from jef.run.log import plugin_listing
 
     rows = [row for row in plugin_listing(args.plugins) if args.all or not row["builtin"]]
     if args.json:

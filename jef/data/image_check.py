@@ -128,7 +128,7 @@ def record_skipped(path: Path | None, entries: dict[str, str]) -> None:
     """Merge ``{file: reason}`` into the skipped-files list at ``path`` (atomically; earlier entries are kept)."""
     if path is None or not entries:
         return
-    from jef.checkpoint import atomic_write
+    from jef.files import atomic_write
 
     merged: dict[str, str] = {}
     if path.is_file():

@@ -19,7 +19,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from jef.checkpoint import atomic_write
+from jef.files import atomic_write
 from jef.components import DataSplits
 from jef.evaluate.features import extract_features
 from jef.evaluate.finetune import finetune

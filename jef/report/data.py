@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import yaml
 
-from jef.checkpoint import CHECKPOINT_NAME
+from jef.run.checkpoint import CHECKPOINT_NAME
 
 __all__ = ["FinalNumber", "ReportError", "RunRecord", "final_numbers", "pipeline_differences", "read_metrics",
            "read_run", "run_names"]

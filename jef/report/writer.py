@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jef.checkpoint import CHECKPOINT_NAME, atomic_write
+from jef.files import atomic_write
+from jef.run.checkpoint import CHECKPOINT_NAME
 from jef.report import html
 from jef.report.data import ReportError, read_run, run_names
 from jef.report.model import ModelFigures, check_projection, model_figures

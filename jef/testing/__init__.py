@@ -233,7 +233,7 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
         cpu: Train on the CPU; False uses the GPU when there is one (GPU-only tests).
         overwrite: Move a run already in ``run_dir`` aside first (a run directory holding a run is refused).
     """
-    from jef.train import train
+    from jef.run.loop import train
 
     plugins = plugins or load_plugins()
     data = merge(pipeline or {}, {"train": {"max_steps": steps}})

@@ -61,7 +61,7 @@ def _worker(rank: int, world_size: int, port: int, outdir: str, job: Callable[[i
 def ensure_process_group() -> None:
     """Inside a :func:`run_in_processes` job: join the gloo process group again if it was destroyed.
 
-    ``Accelerator.end_training()``, at the end of every :func:`jef.train.train`,
+    ``Accelerator.end_training()``, at the end of every :func:`jef.run.loop.train`,
     destroys the group; a job that trains several times calls this before each
     run. Every process must call it at the same points.
     """

@@ -53,7 +53,7 @@ class KillAtStep:
             die()
 
 if args["during_checkpoint"]:
-    import jef.checkpoint as checkpoint
+    import jef.run.checkpoint as checkpoint
     saves = {"count": 0}
     original = checkpoint.torch.save
     def save_then_die(state, handle):

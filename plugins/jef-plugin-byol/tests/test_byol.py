@@ -10,7 +10,7 @@ import torch
 from jef.builtin.energies import CosineEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
-from jef.optim import build_optimizer
+from jef.run.optim import build_optimizer
 from jef.pipeline import EmaTarget, Objective, build
 from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
 

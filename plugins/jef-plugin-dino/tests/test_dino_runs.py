@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jef import hookimpl
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.config import merge
 from jef.testing import InterruptAt, assert_learns, temporary_plugin, tiny_run, train_in_processes
 

@@ -8,7 +8,7 @@ import torch
 from jef_plugin_swav import SinkhornAssignment
 
 from jef import hookimpl
-from jef.checkpoint import load_checkpoint
+from jef.run.checkpoint import load_checkpoint
 from jef.components import Branch, StepOutputs
 from jef.config import merge
 from jef.functional import sinkhorn_knopp

@@ -27,20 +27,20 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from jef.checkpoint import save_run
+from jef.run.checkpoint import save_run
 from jef.components import RunContext
 from jef.config import Pipeline
-from jef.data_order import EpochSampler
+from jef.run.sampler import EpochSampler
 from jef.evaluate.protocols import evaluate_backbone, write_evaluation
-from jef.faults import RunInterrupted, handle_nonfinite, keep_buffers, nonfinite_terms, stop_on_signals, sync_point
-from jef.launch import check_process_count
-from jef.optim import build_optimizer, lr_lambdas
+from jef.run.faults import RunInterrupted, handle_nonfinite, keep_buffers, nonfinite_terms, stop_on_signals, sync_point
+from jef.run.launch import check_process_count
+from jef.run.optim import build_optimizer, lr_lambdas
 from jef.pipeline import build, build_data
 from jef.plugins import Plugins, get_plugins
-from jef.run_dir import RunDir, claim_run_dir
-from jef.run_state import Run, run_plugins
-from jef.runlog import MetricsLogger, plugin_listing
-from jef.step_terms import EpochTerms, on_host, step_terms
+from jef.run.directory import RunDir, claim_run_dir
+from jef.run.state import Run, run_plugins
+from jef.run.log import MetricsLogger, plugin_listing
+from jef.run.terms import EpochTerms, on_host, step_terms
 from jef.validate import ConfigError
 
 __all__ = ["Run", "train"]
@@ -59,10 +59,10 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None, resume: bool
         cpu: Force the CPU (default: a GPU when there is one).
 
     Raises:
-        jef.faults.RunInterrupted: SIGTERM or SIGINT stopped the run after its checkpoint was written.
-        jef.faults.NonFiniteLossError: The loss went NaN/inf (``train.on_nonfinite: stop``); no checkpoint was
+        jef.run.faults.RunInterrupted: SIGTERM or SIGINT stopped the run after its checkpoint was written.
+        jef.run.faults.NonFiniteLossError: The loss went NaN/inf (``train.on_nonfinite: stop``); no checkpoint was
             written after that step.
-        jef.run_dir.RunDirError, jef.checkpoint.CheckpointError: The run directory or its checkpoint is unusable.
+        jef.run.directory.RunDirError, jef.run.checkpoint.CheckpointError: The run directory or its checkpoint is unusable.
     """
     plugins = plugins or get_plugins()
     train_options = pipeline.train

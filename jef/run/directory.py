@@ -1,6 +1,6 @@
 """Who owns a run directory: one writer at a time, and never a run overwritten without being asked.
 
-``jef train`` (and :func:`jef.train.train`) claims its run directory before it
+``jef train`` (and :func:`jef.run.loop.train`) claims its run directory before it
 writes anything there:
 
 * the directory must be usable: a directory (or a path that can be created as
@@ -34,9 +34,9 @@ from typing import Any
 
 import attrs
 
-from jef.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, restore_run
-from jef.launch import RunEnvironment
-from jef.runlog import METRICS_NAME, MetricsLogger, write_run_files
+from jef.run.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, restore_run
+from jef.run.launch import RunEnvironment
+from jef.run.log import METRICS_NAME, MetricsLogger, write_run_files
 from jef.validate import ConfigError
 
 try:
@@ -95,8 +95,8 @@ class RunDir:
         the lines written after its checkpoint's step (those steps are trained again).
 
         Args:
-            run: The freshly built :class:`jef.run_state.Run`.
-            plugins: The plugin listing to save (:func:`jef.runlog.plugin_listing`).
+            run: The freshly built :class:`jef.run.state.Run`.
+            plugins: The plugin listing to save (:func:`jef.run.log.plugin_listing`).
         """
         if self.resumed is not None:
             restore_run(run, self.resumed)
@@ -162,7 +162,7 @@ def claim_run_dir(pipeline: Any, run_dir: str | Path | None, accelerator: Any, *
         RunDirError: The directory is not usable, holds a run (and neither ``resume`` nor ``overwrite`` was
             given), or another process holds its lock.
         FileNotFoundError: ``resume`` without a checkpoint in the directory.
-        jef.checkpoint.CheckpointError: The checkpoint to resume is unreadable or from another pipeline.
+        jef.run.checkpoint.CheckpointError: The checkpoint to resume is unreadable or from another pipeline.
     """
     directory = run_directory(pipeline, run_dir)
     if resume and overwrite:

@@ -3,7 +3,7 @@
 Clusters stop jobs with SIGTERM (SLURM preemption, ``scancel``, a time limit)
 and people stop them with Ctrl-C (SIGINT). Either asks the run to stop after
 the current step, on every process; the loop then writes a checkpoint and
-:func:`jef.train.train` raises :class:`RunInterrupted`, whose message says how
+:func:`jef.run.loop.train` raises :class:`RunInterrupted`, whose message says how
 to resume. A second signal does not abort the step or the checkpoint: the
 checkpoint always holds a whole step (SIGKILL stops at once, keeping the
 previous checkpoint). With several processes, a signal received by one is
@@ -247,7 +247,7 @@ def sync_point(run: Any) -> None:
     """Where the training loop's processes read what the device remembered, at the same step on every process.
 
     Raises :class:`NonFiniteLossError` if a non-finite loss was seen (``train.on_nonfinite: stop``), and sets
-    ``run.stopping`` when some process asked to stop (a signal, :meth:`jef.run_state.Run.request_stop`); a
+    ``run.stopping`` when some process asked to stop (a signal, :meth:`jef.run.state.Run.request_stop`); a
     signal received by any process is then known to all, so every process stops with :class:`RunInterrupted`.
     """
     if run.pipeline.train.on_nonfinite == "stop":

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from jef.checkpoint import atomic_write
+from jef.files import atomic_write
 
 #: The metrics file of a run directory: one JSON object per line, each with its optimiser ``step``.
 METRICS_NAME = "metrics.jsonl"

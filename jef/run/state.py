@@ -12,10 +12,10 @@ import attrs
 import torch
 from accelerate import Accelerator
 
-from jef.accelerate_compat import cache_package_checks
+from jef.run.accelerate_compat import cache_package_checks
 from jef.components import RunContext
 from jef.config import Pipeline
-from jef.faults import NonFiniteWatch
+from jef.run.faults import NonFiniteWatch
 from jef.hookspecs import hookimpl
 from jef.plugins import Plugins
 

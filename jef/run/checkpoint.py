@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 import torch
 
-from jef.faults import check_finite_state, sync_point
+from jef.files import atomic_write
+from jef.run.faults import check_finite_state, sync_point
 from jef.validate import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -38,34 +38,6 @@ class CheckpointError(ConfigError):
 
     The message names the file and says what to do.
     """
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; no partial file ever appears."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        _fsync(tmp)  # the bytes are on disk before the name points at them (power loss, not only a crash)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
-        stale.unlink(missing_ok=True)
-
-
-def _fsync(path: str | Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    except OSError:  # directories cannot be fsync'ed on some systems (Windows); the rename is still atomic
-        if not Path(path).is_dir():
-            raise
-    finally:
-        os.close(handle)
 
 
 class CheckpointWriteError(CheckpointError):
@@ -264,14 +236,14 @@ def restore_rng_state(state: dict[str, torch.Tensor], generators: dict[str, torc
 
 
 def save_run(run: Any) -> None:
-    """Checkpoint a :class:`jef.train.Run` into its directory (rank 0 writes; every process waits for it).
+    """Checkpoint a :class:`jef.run.loop.Run` into its directory (rank 0 writes; every process waits for it).
 
-    First the processes meet at a :func:`jef.faults.sync_point` (a non-finite loss since the last checkpoint
+    First the processes meet at a :func:`jef.run.faults.sync_point` (a non-finite loss since the last checkpoint
     raises there) and check that the model's parameters and buffers are finite: a checkpoint never holds
     unusable weights.
 
     Raises:
-        jef.faults.NonFiniteLossError, jef.faults.NonFiniteStateError: Nothing was written; the previous
+        jef.run.faults.NonFiniteLossError, jef.run.faults.NonFiniteStateError: Nothing was written; the previous
             checkpoint is kept.
         CheckpointWriteError: The disk is full (on every process: the others learn it from process 0).
     """

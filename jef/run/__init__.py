@@ -1,0 +1,41 @@
+"""The run layer: the Accelerate training loop and what a run holds while it trains.
+
+* :mod:`jef.run.loop` -- :func:`~jef.run.loop.train`, the loop;
+* :mod:`jef.run.state` -- :class:`~jef.run.state.Run`, what hooks see of a run, and per-run plugin registration;
+* :mod:`jef.run.terms` -- a step's loss terms, kept on the device between sync points;
+* :mod:`jef.run.faults` -- non-finite losses, signals, faults every process must agree on;
+* :mod:`jef.run.checkpoint` -- checkpoints and resuming;
+* :mod:`jef.run.directory` -- the run directory: its claim, lock and layout;
+* :mod:`jef.run.log` -- ``metrics.jsonl`` and TensorBoard;
+* :mod:`jef.run.sampler` -- the order of the training samples;
+* :mod:`jef.run.optim` -- optimisers and schedules;
+* :mod:`jef.run.launch` -- how the processes were launched;
+* :mod:`jef.run.accelerate_compat` -- what differs between Accelerate versions.
+
+``jef.run`` is also the public function that trains: ``jef.run(pipeline, ...)`` calls
+:func:`jef.run.loop.train`, as it did when ``run`` was a function of :mod:`jef`.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from jef.run.loop import train
+
+
+class _CallableRunPackage(types.ModuleType):
+    """The package's type: calling ``jef.run(pipeline, ...)`` trains (the public API of jef 0.1 kept)."""
+
+    def __call__(self, pipeline: Any, **kwargs: Any) -> dict[str, float]:
+        """Train a validated pipeline; returns the final metrics. See :func:`jef.run.loop.train`.
+
+        A run directory that already holds a run is refused (:class:`jef.run.directory.RunDirError`): pass
+        ``resume=True`` to continue it, ``overwrite=True`` to move it aside and start afresh, or another
+        ``run_dir``.
+        """
+        return train(pipeline, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableRunPackage
