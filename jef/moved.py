@@ -15,7 +15,7 @@ import sys
 import warnings
 from types import ModuleType
 
-__all__ = ["MOVED", "install"]
+__all__ = ["MOVED", "install", "moved_to"]
 
 #: Old module path -> new module path.
 MOVED: dict[str, str] = {
@@ -30,6 +30,11 @@ MOVED: dict[str, str] = {
     "jef.run_dir": "jef.run.directory",
     "jef.launch": "jef.run.launch",
     "jef.accelerate_compat": "jef.run.accelerate_compat",
+    "jef.runs": "jef.tools.runs",
+    "jef.embed": "jef.tools.embed",
+    "jef.export": "jef.tools.export",
+    "jef.scaffold": "jef.tools.scaffold",
+    "jef.report": "jef.tools.report",
 }
 
 
@@ -52,11 +57,23 @@ class _MovedModuleLoader(importlib.abc.Loader):
 class _MovedModuleFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: object = None,
                   target: object = None) -> importlib.machinery.ModuleSpec | None:
-        new = MOVED.get(fullname)
+        new = moved_to(fullname)
         return None if new is None else importlib.machinery.ModuleSpec(fullname, _MovedModuleLoader(new))
+
+
+def moved_to(name: str) -> str | None:
+    """The new path of module ``name`` if it moved (a moved package's submodules moved with it), else None."""
+    parts = name.split(".")
+    for end in range(len(parts), 1, -1):
+        new = MOVED.get(".".join(parts[:end]))
+        if new is not None:
+            return ".".join([new, *parts[end:]])
+    return None
 
 
 def install() -> None:
     """Make the old paths importable (once per process; :mod:`jef` calls it on import)."""
+    # First: behind the path finder, ``jef.report.sections`` would be found in ``jef.report``'s (that is
+    # jef.tools.report's) folder and loaded a second time, as another module.
     if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-        sys.meta_path.append(_MovedModuleFinder())
+        sys.meta_path.insert(0, _MovedModuleFinder())

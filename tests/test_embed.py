@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from jef.cli import main
-from jef.embed import Embeddings, embed, load_embeddings, save_embeddings
+from jef.tools.embed import Embeddings, embed, load_embeddings, save_embeddings
 from jef.evaluate import extract_features
-from jef.export import ExportError, open_run
+from jef.tools.export import ExportError, open_run
 from jef.plugins import load_plugins
 from jef.testing import tiny_run
 

@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from jef.cli import main
-from jef.export import ExportError, export_backbone, load_exported, open_run
+from jef.tools.export import ExportError, export_backbone, load_exported, open_run
 from jef.plugins import load_plugins
 from jef.testing import tiny_run
 
@@ -179,7 +179,7 @@ def test_missing_runs_and_bad_formats_are_explained(opened, tmp_path, capsys):
 def test_the_documented_stem_changes_rebuild_every_resnet_stem(small_images, channels):
     from jef.builtin.backbones import ResNetOptions, build_resnet18
     from jef.components import RunContext
-    from jef.export import resnet_changes
+    from jef.tools.export import resnet_changes
 
     backbone = build_resnet18(ResNetOptions(small_images=small_images), RunContext(in_channels=channels)).eval()
     model = torchvision.models.resnet18(weights=None)

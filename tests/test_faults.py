@@ -16,7 +16,7 @@ from jef.run.checkpoint import CheckpointError, load_checkpoint, pipeline_differ
 from jef.config import merge
 from jef.run.faults import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError, RunInterrupted, nonfinite_terms
 from jef.plugins import load_plugins
-from jef.runs import load_run
+from jef.tools.runs import load_run
 from jef.testing import temporary_plugin, tiny_run
 
 NO_KNN = {"eval": {"knn": {"enabled": False}}}

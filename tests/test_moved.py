@@ -25,6 +25,16 @@ def test_an_old_module_path_gives_the_moved_module_and_names_its_new_path(old, n
     assert module.__name__ == module.__spec__.name == new  # the module itself keeps its new identity
 
 
+def test_a_moved_package_s_submodules_moved_with_it():
+    for name in ("jef.report", "jef.report.sections"):
+        sys.modules.pop(name, None)
+    with pytest.warns(DeprecationWarning, match="jef.report.sections moved to jef.tools.report.sections"):
+        sections = importlib.import_module("jef.report.sections")
+    import jef.tools.report.sections
+
+    assert sections is jef.tools.report.sections  # one module, not a second copy found in the package's folder
+
+
 def test_from_an_old_path_imports_the_same_objects():
     code = ("import warnings; warnings.simplefilter('error')\n"
             "try:\n    from jef.checkpoint import load_checkpoint\nexcept DeprecationWarning as w: print(w)\n"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from jef.cli import main
-from jef.scaffold import KINDS, generated_files, new_plugin, plugin_names
+from jef.tools.scaffold import KINDS, generated_files, new_plugin, plugin_names
 
 
 def test_generated_file_set_and_names(tmp_path):

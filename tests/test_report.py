@@ -14,15 +14,15 @@ import attrs
 import pytest
 import yaml
 
-import jef.runs
+import jef.tools.runs
 from jef.cli import main
 from jef.plugins import load_plugins
-from jef.report import ReportError, write_report
-from jef.report.curves import loss_panels, monitor_panels, reduce_curve, schedule_panels
-from jef.report.data import MISSING, RunRecord, pipeline_differences, read_run
-from jef.report.figures import curves_figure
-from jef.report.model import ModelFigures, model_figures
-from jef.report.sections import curve_sections, model_sections
+from jef.tools.report import ReportError, write_report
+from jef.tools.report.curves import loss_panels, monitor_panels, reduce_curve, schedule_panels
+from jef.tools.report.data import MISSING, RunRecord, pipeline_differences, read_run
+from jef.tools.report.figures import curves_figure
+from jef.tools.report.model import ModelFigures, model_figures
+from jef.tools.report.sections import curve_sections, model_sections
 from jef.testing import tiny_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -122,14 +122,14 @@ def test_model_figures_of_several_runs_stand_in_columns():
 
 
 def test_unlabelled_data_without_test_split(runs, plugins, monkeypatch):
-    loader = jef.runs.load_run
+    loader = jef.tools.runs.load_run
 
     def unlabelled(*args, **kwargs):
         run = loader(*args, **kwargs)
         run.built.splits = attrs.evolve(run.built.splits, num_classes=None, test=None)
         return run
 
-    monkeypatch.setattr(jef.runs, "load_run", unlabelled)
+    monkeypatch.setattr(jef.tools.runs, "load_run", unlabelled)
     made = model_figures(runs[0], plugins=plugins, max_points=16)
     assert made.note is None and set(made.pngs) == {"views", "embeddings", "retrievals"}
     assert "unlabelled" in made.details["labels"]

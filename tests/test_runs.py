@@ -1,4 +1,4 @@
-"""Opening finished runs (jef.runs.load_run) and stopping a run from a monitor (Run.request_stop)."""
+"""Opening finished runs (jef.tools.runs.load_run) and stopping a run from a monitor (Run.request_stop)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from jef import hookimpl
 from jef.run.checkpoint import load_checkpoint
 from jef.plugins import load_plugins
-from jef.runs import load_run
+from jef.tools.runs import load_run
 from jef.testing import temporary_plugin, tiny_run
 
 

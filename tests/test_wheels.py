@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jef.scaffold import KINDS, new_plugin, plugin_names
+from jef.tools.scaffold import KINDS, new_plugin, plugin_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(path for path in (ROOT / "plugins").glob("jef-plugin-*") if (path / "pyproject.toml").is_file())

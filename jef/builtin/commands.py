@@ -177,7 +177,7 @@ def objective_formula(pipeline: Pipeline) -> str:
 
 
 def new_plugin_arguments(parser: argparse.ArgumentParser) -> None:
-    from jef.scaffold import KINDS
+    from jef.tools.scaffold import KINDS
 
     parser.add_argument("name", help="plugin name, e.g. 'barlow' (makes jef-plugin-barlow)")
     parser.add_argument("--kind", choices=list(KINDS), default="method",
@@ -186,7 +186,7 @@ def new_plugin_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def new_plugin_command(args: argparse.Namespace) -> int:
-    from jef.scaffold import generated_files, new_plugin
+    from jef.tools.scaffold import generated_files, new_plugin
 
     try:
         target = new_plugin(args.name, args.kind, args.directory)

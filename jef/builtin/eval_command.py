@@ -34,7 +34,7 @@ def eval_command(args: argparse.Namespace) -> int:
     import torch
 
     from jef.evaluate.protocols import PROTOCOLS, evaluate_backbone, require_labels, write_evaluation
-    from jef.runs import load_run
+    from jef.tools.runs import load_run
 
     device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
     # data.name first: changing the name drops the saved dataset's options, later overrides add the new one's.

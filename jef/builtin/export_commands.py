@@ -1,7 +1,7 @@
 """Built-in sub-commands ``jef embed`` (features of a dataset to a file) and ``jef export`` (the backbone's weights).
 
 Both open a run directory written by ``jef train`` (or a checkpoint inside
-one). The work is in :mod:`jef.embed` and :mod:`jef.export`; this module only
+one). The work is in :mod:`jef.tools.embed` and :mod:`jef.tools.export`; this module only
 parses arguments and prints what was written.
 """
 
@@ -55,8 +55,8 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def embed_command(args: argparse.Namespace) -> int:
-    from jef.embed import check_output, embed, save_embeddings
-    from jef.export import ExportError, open_run
+    from jef.tools.embed import check_output, embed, save_embeddings
+    from jef.tools.export import ExportError, open_run
 
     try:
         if args.batch_size < 1 or args.workers < 0:
@@ -91,7 +91,7 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from jef.export import ExportError, export_backbone, open_run
+    from jef.tools.export import ExportError, export_backbone, open_run
 
     try:
         run = open_run(args.run, plugins=args.plugins)

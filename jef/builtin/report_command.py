@@ -30,7 +30,7 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-points", type=_positive, default=2000, metavar="N",
                         help="embed at most N images of each split for the embedding map and the "
                              "neighbours (a fixed random subset; default 2000)")
-    # No `choices`: the list lives in jef.report.model, which imports matplotlib; every `jef` call builds this parser.
+    # No `choices`: the list lives in jef.tools.report.model, which imports matplotlib; every `jef` call builds this parser.
     parser.add_argument("--projection", default="pca", metavar="NAME",
                         help="2-D projection of the embedding map: pca (default), tsne (needs scikit-learn) or "
                              "umap (needs umap-learn)")
@@ -41,7 +41,7 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from jef.report import ReportError, write_report
+    from jef.tools.report import ReportError, write_report
 
     try:
         path = write_report(args.runs, args.output, model=not args.no_model, max_points=args.max_points,

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from jef.report.curves import Panel, reduce_curve
+from jef.tools.report.curves import Panel, reduce_curve
 
 __all__ = ["curves_figure", "embedding_figure", "retrieval_figure", "to_png", "views_figure"]
 

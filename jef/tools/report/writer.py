@@ -9,10 +9,10 @@ from typing import Any
 
 from jef.files import atomic_write
 from jef.run.checkpoint import CHECKPOINT_NAME
-from jef.report import html
-from jef.report.data import ReportError, read_run, run_names
-from jef.report.model import ModelFigures, check_projection, model_figures
-from jef.report.sections import curve_sections, model_sections, pipeline_section, plugins_section, summary_section
+from jef.tools.report import html
+from jef.tools.report.data import ReportError, read_run, run_names
+from jef.tools.report.model import ModelFigures, check_projection, model_figures
+from jef.tools.report.sections import curve_sections, model_sections, pipeline_section, plugins_section, summary_section
 
 __all__ = ["default_output", "write_report"]
 

@@ -15,7 +15,7 @@ import math
 
 import attrs
 
-from jef.report.data import RunRecord
+from jef.tools.report.data import RunRecord
 
 __all__ = ["Curve", "Panel", "Reference", "loss_panels", "monitor_panels", "reduce_curve", "schedule_panels"]
 

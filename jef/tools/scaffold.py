@@ -72,7 +72,7 @@ def new_plugin(name: str, kind: str = "method", directory: str | Path | None = N
         raise FileExistsError(f"{target} already exists; choose another name or --directory")
     values = {**names, "kind": kind, "jef_version": ".".join(jef.__version__.split(".")[:2])}
     values["usage"] = Template(USAGE[kind]).substitute(values)
-    templates = resources.files("jef") / "templates"
+    templates = resources.files("jef.tools") / "templates"
     files = {
         "pyproject.toml": templates / "pyproject.toml.tmpl",
         "README.md": templates / "README.md.tmpl",

@@ -1,6 +1,6 @@
 """The sections of a report, from run records and figures, as HTML.
 
-Each function returns a :class:`~jef.report.html.Section` and adds the PNGs it
+Each function returns a :class:`~jef.tools.report.html.Section` and adds the PNGs it
 shows to ``files`` (file name -> bytes), which are also written next to the page.
 """
 
@@ -10,11 +10,11 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jef.report import html
-from jef.report.curves import Panel, loss_panels, monitor_panels, schedule_panels
-from jef.report.data import MISSING, RunRecord, final_numbers, format_value, pipeline_differences
-from jef.report.figures import curves_figure, to_png
-from jef.report.model import ModelFigures
+from jef.tools.report import html
+from jef.tools.report.curves import Panel, loss_panels, monitor_panels, schedule_panels
+from jef.tools.report.data import MISSING, RunRecord, final_numbers, format_value, pipeline_differences
+from jef.tools.report.figures import curves_figure, to_png
+from jef.tools.report.model import ModelFigures
 
 __all__ = ["CAPTIONS", "curve_sections", "model_sections", "pipeline_section", "plugins_section",
            "summary_section"]

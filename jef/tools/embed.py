@@ -31,8 +31,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 import jef
 from jef.files import atomic_write
 from jef.components import DataSplits
-from jef.export import ExportError
-from jef.runs import LoadedRun
+from jef.tools.export import ExportError
+from jef.tools.runs import LoadedRun
 
 __all__ = ["LAYERS", "SPLITS", "SUFFIXES", "Embeddings", "check_output", "embed", "extract", "load_embeddings",
            "open_data", "save_embeddings"]
@@ -183,7 +183,7 @@ def embed(run: LoadedRun, data: str, *, split: str = "all", layer: str = "backbo
     """Features of every image of ``data`` (dataset name, image directory or YAML file) from ``run``.
 
     Args:
-        run: An opened run (:func:`jef.export.open_run`), its model on ``device``.
+        run: An opened run (:func:`jef.tools.export.open_run`), its model on ``device``.
         data: See :func:`open_data`.
         split: ``"train"``, ``"test"`` or ``"all"`` (train then test).
         layer: ``"backbone"`` (the representation ``h``) or ``"projector"`` (the embedding ``z``).

@@ -31,7 +31,7 @@ from torch import nn
 
 import jef
 from jef.files import atomic_write
-from jef.runs import LoadedRun, load_run
+from jef.tools.runs import LoadedRun, load_run
 
 __all__ = ["FORMATS", "ExportError", "describe_backbone", "export_backbone", "load_exported", "open_run", "readme_text",
            "resnet_changes", "torchvision_snippet"]
@@ -46,7 +46,7 @@ class ExportError(Exception):
 
 
 def open_run(path: str | Path, *, plugins: Any = None, device: str | torch.device = "cpu") -> LoadedRun:
-    """:func:`jef.runs.load_run`, with a checkpoint that does not fit or data that cannot be built as an ExportError."""
+    """:func:`jef.tools.runs.load_run`, with a checkpoint that does not fit or data that cannot be built as an ExportError."""
     try:
         return load_run(path, plugins=plugins, device=device)
     except RuntimeError as error:  # load_run's messages name the files and say what to do
@@ -202,7 +202,7 @@ def readme_text(info: dict[str, Any]) -> str:
     else:
         lines += [f"`{backbone['name']}` is not a torchvision model: rebuilding it needs jef and the plugin that "
                   f"provides it ({backbone['plugin']}).", ""]
-    lines += ["## Load it with jef", "", "```python", "from jef.export import load_exported", "",
+    lines += ["## Load it with jef", "", "```python", "from jef.tools.export import load_exported", "",
               'backbone = load_exported(".")  # this directory', "```", "", "## Inputs", ""]
     if "size" in inputs:
         norm = inputs["normalize"]

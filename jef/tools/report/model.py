@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from jef.evaluate.features import extract_features
 from jef.registry import RegistryError
-from jef.report.data import ReportError
-from jef.report.figures import embedding_figure, retrieval_figure, to_png, views_figure
+from jef.tools.report.data import ReportError
+from jef.tools.report.figures import embedding_figure, retrieval_figure, to_png, views_figure
 from jef.validate import ConfigError
 
 __all__ = ["PROJECTIONS", "ModelFigures", "check_projection", "model_figures", "project_2d"]
@@ -177,7 +177,7 @@ def model_figures(directory: Path, *, plugins: Any, device: str = "cpu", max_poi
     Returns:
         The figures, or a note saying why they could not be made (a missing plugin or dataset, say).
     """
-    from jef.runs import load_run
+    from jef.tools.runs import load_run
 
     try:
         run = load_run(directory, plugins=plugins, device=device)
