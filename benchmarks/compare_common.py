@@ -148,7 +148,7 @@ def evaluate(backbone: nn.Module, arrays: dict[str, Tensor], pipeline, cfg: dict
     """kNN (k=200, T=0.1) and linear-probe top-1 of frozen features: centre view (the whole 28x28 image),
     scaled to [0, 1] and normalised as the training views; the training subset is the bank / probe set."""
     from jef.evaluate import knn_top1, linear_probe
-    from jef.options import LinearProbeOptions
+    from jef.config.options import LinearProbeOptions
 
     mean, std = normalisation(pipeline)
     backbone.eval()

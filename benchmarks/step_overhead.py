@@ -1,6 +1,6 @@
 """The framework's cost per step: jef's training step against the same step written as a bare PyTorch loop.
 
-For each method, one pipeline is resolved and built with jef (``jef.pipeline.build``). Then, on the same
+For each method, one pipeline is resolved and built with jef (``jef.model.build.build``). Then, on the same
 pre-made views (no data loading, no augmentation):
 
 * **jef**: the real loop body, ``jef.run.loop._train_epoch``, under ``accelerator.prepare`` on the CPU: the
@@ -96,7 +96,7 @@ class Bench:
         from jef.components import RunContext
         from jef.config import merge, resolve
         from jef.run.optim import build_optimizer, lr_lambdas
-        from jef.pipeline import build, build_data
+        from jef.model.build import build, build_data
         from jef.run.state import Run
 
         settings = {

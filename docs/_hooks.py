@@ -216,8 +216,8 @@ def cli_markdown(plugins: Any = None) -> str:
 
 
 #: Pipeline sections documented by ``<!-- jef:options SECTION -->``.
-SECTIONS = {"target": "jef.options:TargetOptions", "train": "jef.options:TrainOptions",
-            "eval": "jef.options:EvalOptions"}
+SECTIONS = {"target": "jef.config.options:TargetOptions", "train": "jef.config.options:TrainOptions",
+            "eval": "jef.config.options:EvalOptions"}
 
 
 def options_markdown(section: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import jef
 from jef.plugins import load_plugins
 from jef.registry import BuildError, RegistryError
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 
 def _split_plugin_files(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -227,7 +227,7 @@ def test_one_value_for_every_local_view() -> None:
 
 
 def test_options_build_from_yaml_data() -> None:
-    from jef.validate import ConfigError, build_options
+    from jef.config.validate import ConfigError, build_options
 
     built = build_options(ViewsOptions, {"blur_p": [1, 0.1], "scale": [0.2, 1], "mean": [0.5], "std": [0.5]}, "aug")
     assert built.blur_p == [1.0, 0.1] and built.scale == (0.2, 1.0)

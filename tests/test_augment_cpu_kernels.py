@@ -119,7 +119,7 @@ def test_asking_for_numba_without_it_says_how_to_install_it(monkeypatch: pytest.
 
 
 def test_an_unknown_backend_is_explained() -> None:
-    from jef.validate import ConfigError, build_options
+    from jef.config.validate import ConfigError, build_options
 
     with pytest.raises(ValueError, match="'cpu_backend' must be in"):
         ViewsOptions(cpu_backend="gpu")

@@ -19,10 +19,10 @@ from jef import hookimpl
 from jef.cli import main
 from jef.components import RunContext
 from jef.config import resolve
-from jef.pipeline import build
+from jef.model.build import build
 from jef.plugins import load_plugins
 from jef.testing import TINY_PIPELINE, fake_distribution
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CTX = RunContext(batch_size=16, global_batch_size=16)
@@ -190,7 +190,7 @@ def test_config_show_builds_without_the_data(tmp_path, capsys):
 
 
 def test_check_marks_the_context_as_a_dry_run_with_the_data_facts_it_declares():
-    from jef.pipeline import check
+    from jef.model.build import check
 
     pipeline = resolve(tiny({}), registry=load_plugins().registry)
     ctx = check(pipeline)

@@ -14,7 +14,7 @@ from jef import hookimpl
 from jef.cli import main
 from jef.config import apply_overrides, load_pipeline, merge, resolve
 from jef.plugins import load_plugins
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch import nn
 from jef.builtin.decorrelation import Covariance, CrossCorrelation, Variance
 from jef.components import Branch, RunContext, StepOutputs
 from jef.functional import barlow_twins_loss, covariance_penalty, cross_correlation, off_diagonal, variance_hinge
-from jef.pipeline import Objective
+from jef.model.build import Objective
 from jef.plugins import load_plugins
 from jef.testing import build_component, check_functional, check_functional_under_gather
 

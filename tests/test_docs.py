@@ -53,7 +53,7 @@ import yaml
 
 from jef.config import resolve
 from jef.plugins import load_plugins
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 from docs_text import BLOCKS, DOCS, READ_ONLY_COMMANDS, ROOT, Block, assert_output, read_blocks
 
@@ -293,7 +293,7 @@ def test_generated_references_name_everything(plugins, hooks_module):
 def test_generated_option_tables_cover_every_option(hooks_module):
     import attrs
 
-    from jef.options import EvalOptions, TargetOptions, TrainOptions
+    from jef.config.options import EvalOptions, TargetOptions, TrainOptions
 
     def paths(cls, prefix):
         for field in attrs.fields(cls):

@@ -14,7 +14,7 @@ import pytest
 from docs_text import assert_documented
 from jef.config import resolve
 from jef.plugins import load_plugins
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 
 @pytest.fixture(scope="module")

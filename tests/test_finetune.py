@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from jef.components import DataSplits
 from jef.evaluate.finetune import finetune
 from jef.evaluate.protocols import evaluate_backbone
-from jef.options import EvalOptions, FinetuneOptions
+from jef.config.options import EvalOptions, FinetuneOptions
 
 FAST = FinetuneOptions(epochs=4, batch_size=32, lr=0.5)
 

@@ -78,8 +78,8 @@ def test_a_rate_beyond_float32_is_a_config_error_naming_its_path(tmp_path, capsy
 
 def test_a_rate_that_overflows_float32_once_scaled_names_the_rate_and_the_batch():
     from jef.run.optim import scaled_lr
-    from jef.options import OptimizerOptions
-    from jef.validate import ConfigError
+    from jef.config.options import OptimizerOptions
+    from jef.config.validate import ConfigError
 
     assert scaled_lr(OptimizerOptions(lr=3.0e38, scale_lr="none"), 512) == 3.0e38
     with pytest.raises(ConfigError, match=r"^train\.optimizer\.lr: 3e\+38 scaled \(linear\) for a global batch of "
@@ -113,10 +113,10 @@ def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_threa
     from jef.components import RunContext
     from jef.data.folder import FolderOptions, build_image_folder
     from jef.run.optim import scaled_lr
-    from jef.options import OptimizerOptions
+    from jef.config.options import OptimizerOptions
     from jef.plugins import load_plugins
     from jef.testing import fake_distribution, tiny_run
-    from jef.validate import ConfigError
+    from jef.config.validate import ConfigError
 
     monkeypatch.chdir(tmp_path)
     cut = photos_with_a_cut_file.relative_to(tmp_path)

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from jef.components import DataSplits
 from jef.evaluate.knn import knn_accuracy, knn_top1
 from jef.evaluate.protocols import evaluate_backbone
-from jef.options import EvalOptions, KnnOptions
+from jef.config.options import EvalOptions, KnnOptions
 
 
 def reference_knn(train_x, train_y, test_x, test_y, num_classes, k, temperature):

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 from jef.components import DataSplits
 from jef.evaluate.linear import linear_probe, topk_accuracy
 from jef.evaluate.protocols import evaluate_backbone
-from jef.options import EvalOptions, LinearProbeOptions
+from jef.config.options import EvalOptions, LinearProbeOptions
 
 FAST = LinearProbeOptions(epochs=20, batch_size=64)
 

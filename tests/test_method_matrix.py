@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from jef.config import merge
-from jef.options import OptimizerOptions
+from jef.config.options import OptimizerOptions
 from jef.plugins import load_plugins
 from jef.testing import record_runs
 

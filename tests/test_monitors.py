@@ -19,7 +19,7 @@ from jef.components import Branch, RunContext, StepOutputs
 from jef.evaluate.collapse import CollapseWarning, alignment, uniformity
 from jef.plugins import load_plugins
 from jef.testing import tiny_pipeline, tiny_run
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -59,3 +59,9 @@ def test_jef_run_is_the_run_package_and_trains_when_called(monkeypatch):
 def test_a_name_jef_does_not_have_is_an_attribute_error():
     with pytest.raises(AttributeError, match="module 'jef' has no attribute 'trian'"):
         jef.trian  # noqa: B018
+
+
+def test_the_top_of_jef_holds_at_most_twelve_modules():
+    # ARCHITECTURE §2: the core's modules live in folders that show the layers.
+    modules = sorted(path.name for path in ROOT.glob("*.py"))
+    assert len(modules) <= 12, modules

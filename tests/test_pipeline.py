@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from jef.components import Branch, StepOutputs
-from jef.options import TargetOptions
-from jef.pipeline import EmaTarget, JointEmbedding, Objective
+from jef.config.options import TargetOptions
+from jef.model.build import EmaTarget, JointEmbedding, Objective
 
 
 class Squared(nn.Module):

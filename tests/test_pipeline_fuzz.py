@@ -44,10 +44,10 @@ from jef.cli import main
 from jef.components import DataSplits, RunContext
 from jef.config import LIST_SLOTS, SLOTS, TOP_LEVEL, load_pipeline, resolve
 from jef.run.optim import build_optimizer, lr_lambdas
-from jef.options import EvalOptions, TargetOptions, TrainOptions
-from jef.pipeline import build
+from jef.config.options import EvalOptions, TargetOptions, TrainOptions
+from jef.model.build import build
 from jef.plugins import load_plugins
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

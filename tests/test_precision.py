@@ -29,7 +29,7 @@ from jef.components import RunContext
 from jef.config import merge
 from jef.functional import l2_normalize, momentum_update
 from jef.functional.queue import enqueue
-from jef.pipeline import Objective
+from jef.model.build import Objective
 from jef.plugins import load_plugins
 from jef.testing import build_component, temporary_plugin, tiny_run
 from jef.testing.contracts import step_outputs

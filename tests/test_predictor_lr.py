@@ -10,7 +10,7 @@ from torch import nn
 
 from jef.hookspecs import hookimpl
 from jef.run.optim import build_optimizer, lr_lambdas, warmup_cosine
-from jef.options import OptimizerOptions, ScheduleOptions
+from jef.config.options import OptimizerOptions, ScheduleOptions
 from jef.testing import fresh_plugins, tiny_run
 
 

@@ -1,4 +1,4 @@
-"""MoCo's shuffling BN for the key encoder (jef.shuffle_bn): which samples share a key's BatchNorm statistics."""
+"""MoCo's shuffling BN for the key encoder (jef.model.shuffle_bn): which samples share a key's BatchNorm statistics."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from jef.builtin.energies import ScaledCosineEnergy
-from jef.options import TargetOptions
-from jef.pipeline import JointEmbedding, Objective
+from jef.config.options import TargetOptions
+from jef.model.build import JointEmbedding, Objective
 from jef.plugins import load_plugins
 from jef.testing import run_in_processes, tiny_run
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 # -- shuffling BN -----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""jef.sync_bn: BatchNorm over the global batch in gloo processes equals BatchNorm on that batch in one process."""
+"""jef.model.sync_bn: BatchNorm over the global batch in gloo processes equals BatchNorm on that batch in one process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from jef.sync_bn import SyncBatchNorm, convert_sync_batchnorm, global_moments
+from jef.model.sync_bn import SyncBatchNorm, convert_sync_batchnorm, global_moments
 from jef.testing import run_in_processes
 
 #: (name, BatchNorm class, kwargs, input shape of the global batch). Rank 0 takes the first 3 samples, rank 1 the
@@ -171,7 +171,7 @@ def test_bf16_activations_stay_bf16_with_float32_statistics(ranks):
 
 def _built_norms(overrides, world_size):
     from jef.components import RunContext
-    from jef.pipeline import build
+    from jef.model.build import build
     from jef.plugins import load_plugins
     from jef.testing import tiny_pipeline
 

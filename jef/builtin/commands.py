@@ -143,7 +143,7 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_command(args: argparse.Namespace) -> int:
-    from jef.pipeline import check  # torch: only once the file reads as a pipeline
+    from jef.model.build import check  # torch: only once the file reads as a pipeline
 
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
     check(pipeline)  # every component but the data is built: a pipeline that shows is one that builds

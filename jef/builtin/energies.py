@@ -1,7 +1,7 @@
 """Built-in energies D: per-sample distances between an online output and a target embedding.
 
 The objective averages ``D(p_a^n, t_b^n)`` over samples and over ordered view
-pairs (a, b) (see :class:`jef.pipeline.Objective`). Each energy here is a thin
+pairs (a, b) (see :class:`jef.model.build.Objective`). Each energy here is a thin
 ``nn.Module`` over a pure function of :mod:`jef.functional`.
 
 References:

@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from jef.data.base import ImageModeError, decode_errors, pil_to_uint8
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 __all__ = ["SHOWN_IN_MESSAGES", "SKIPPED_NAME", "ImageDecodeError", "UnreadableImageError", "check_images",
            "decode_image", "listing", "record_skipped", "try_decode"]
@@ -38,7 +38,7 @@ class UnreadableImageError(OSError):
 class ImageDecodeError(UnreadableImageError, ConfigError):
     """A file that failed while decoding, during a run: an error the command line shows as one line.
 
-    It is a :class:`~jef.validate.ConfigError` (what the user must change is the data or ``data.on_bad_image``;
+    It is a :class:`~jef.config.validate.ConfigError` (what the user must change is the data or ``data.on_bad_image``;
     a traceback would not help) and still an :class:`UnreadableImageError`. Raised in a DataLoader worker, it
     reaches the main process re-made by torch as ``ImageDecodeError(text)``, the text holding the worker's
     whole traceback: the constructor keeps only the original message from it, so the error stays one line.

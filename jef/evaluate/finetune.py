@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from jef.components import DataSplits
 from jef.evaluate.linear import MOMENTUM, cosine_lambda, topk_accuracy
-from jef.options import FinetuneOptions
+from jef.config.options import FinetuneOptions
 
 __all__ = ["FinetuneResult", "finetune"]
 
@@ -120,7 +120,7 @@ def finetune(
         backbone: Image -> ``[B, out_dim]`` features; must have ``out_dim``. Not modified unless ``in_place``.
         splits: Labelled splits with a test split.
         transform: The deterministic test-time view of uint8 batches (the augmenter's ``eval_view``).
-        options: The protocol's settings (default: :class:`~jef.options.FinetuneOptions`).
+        options: The protocol's settings (default: :class:`~jef.config.options.FinetuneOptions`).
         device: ``cpu`` or a GPU: selects the Accelerator's device type.
         seed: Seed of the data order, the flips and the head's initialisation.
         in_place: Train ``backbone`` itself instead of a copy.

@@ -19,7 +19,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from jef.options import LinearProbeOptions
+from jef.config.options import LinearProbeOptions
 
 __all__ = ["LinearProbeResult", "cosine_lambda", "linear_probe", "topk_accuracy"]
 
@@ -97,7 +97,7 @@ def linear_probe(
         test_features: ``[M, d]`` features of the test split.
         test_labels: ``[M]`` classes.
         num_classes: Number of classes.
-        options: The protocol's settings (default: :class:`~jef.options.LinearProbeOptions`).
+        options: The protocol's settings (default: :class:`~jef.config.options.LinearProbeOptions`).
         seed: Seed of the mini-batch order.
 
     Returns:

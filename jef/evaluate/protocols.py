@@ -25,7 +25,7 @@ from jef.evaluate.features import extract_features
 from jef.evaluate.finetune import finetune
 from jef.evaluate.knn import knn_accuracy
 from jef.evaluate.linear import MOMENTUM, linear_probe
-from jef.options import EvalOptions
+from jef.config.options import EvalOptions
 
 __all__ = ["EVALUATION_NAME", "PROTOCOLS", "Result", "evaluate_backbone", "read_evaluation", "require_labels",
            "write_evaluation"]

@@ -20,7 +20,7 @@ import torch
 
 from jef.files import atomic_write
 from jef.run.faults import check_finite_state, sync_point
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -37,7 +37,7 @@ import attrs
 from jef.run.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, restore_run
 from jef.run.launch import RunEnvironment
 from jef.run.log import METRICS_NAME, MetricsLogger, write_run_files
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 try:
     import fcntl

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 __all__ = ["LaunchError", "RunEnvironment", "check_process_count", "detect_launcher", "requested_processes"]
 

@@ -35,13 +35,13 @@ from jef.evaluate.protocols import evaluate_backbone, write_evaluation
 from jef.run.faults import RunInterrupted, handle_nonfinite, keep_buffers, nonfinite_terms, stop_on_signals, sync_point
 from jef.run.launch import check_process_count
 from jef.run.optim import build_optimizer, lr_lambdas
-from jef.pipeline import build, build_data
+from jef.model.build import build, build_data
 from jef.plugins import Plugins, get_plugins
 from jef.run.directory import RunDir, claim_run_dir
 from jef.run.state import Run, run_plugins
 from jef.run.log import MetricsLogger, plugin_listing
 from jef.run.terms import EpochTerms, on_host, step_terms
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 __all__ = ["Run", "train"]
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from jef.options import FLOAT32_MAX, OptimizerOptions, ScheduleOptions
-from jef.validate import ConfigError
+from jef.config.options import FLOAT32_MAX, OptimizerOptions, ScheduleOptions
+from jef.config.validate import ConfigError
 
 
 class LARS(torch.optim.Optimizer):

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from jef.components import Branch, RunContext, StepOutputs
 from jef.plugins import Plugins
-from jef.validate import build_options
+from jef.config.validate import build_options
 
 __all__ = ["ContractError", "build_component", "check_component", "check_energy", "check_functional"]
 

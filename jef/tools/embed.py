@@ -105,7 +105,7 @@ def open_data(run: LoadedRun, data: str, *, registry: Any = None) -> tuple[DataS
         jef.registry.RegistryError: An unknown dataset name.
     """
     from jef.config import resolve
-    from jef.pipeline import build_data
+    from jef.model.build import build_data
 
     if registry is None:
         from jef.plugins import get_plugins

@@ -106,7 +106,7 @@ def _input_spec(run: LoadedRun) -> dict[str, Any]:
 
 def describe_backbone(run: LoadedRun, *, target: bool = False, files: tuple[str, ...] = ()) -> dict[str, Any]:
     """The content of ``backbone.json``: what the weights are and how to rebuild the network."""
-    from jef.validate import to_plain
+    from jef.config.validate import to_plain
 
     slot, module = run.pipeline.backbone, _backbone(run, target)
     return {
@@ -226,7 +226,7 @@ def load_exported(directory: str | Path, *, plugins: Any = None) -> nn.Module:
     """
     from jef.components import RunContext
     from jef.plugins import get_plugins
-    from jef.validate import build_options
+    from jef.config.validate import build_options
 
     directory = Path(directory).expanduser()
     if not (directory / "backbone.json").is_file():

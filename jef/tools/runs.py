@@ -16,7 +16,7 @@ import torch
 from jef.run.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jef.components import RunContext
 from jef.config import Pipeline, load_pipeline
-from jef.pipeline import Built, build
+from jef.model.build import Built, build
 
 __all__ = ["LoadedRun", "load_run", "run_paths"]
 
@@ -82,7 +82,7 @@ def load_run(path: str | Path, overrides: list[str] | None = None, *, plugins: A
 
     Raises:
         FileNotFoundError: No run there.
-        jef.validate.ConfigError: The saved pipeline needs a plugin that is not installed (named).
+        jef.config.validate.ConfigError: The saved pipeline needs a plugin that is not installed (named).
         RuntimeError: The checkpoint does not fit the pipeline (another pipeline's checkpoint).
     """
     from jef.plugins import get_plugins

@@ -24,7 +24,7 @@ from jef.evaluate.features import extract_features
 from jef.registry import RegistryError
 from jef.tools.report.data import ReportError
 from jef.tools.report.figures import embedding_figure, retrieval_figure, to_png, views_figure
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 __all__ = ["PROJECTIONS", "ModelFigures", "check_projection", "model_figures", "project_2d"]
 

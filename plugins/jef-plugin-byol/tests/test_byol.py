@@ -11,7 +11,7 @@ from jef.builtin.energies import CosineEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
 from jef.run.optim import build_optimizer
-from jef.pipeline import EmaTarget, Objective, build
+from jef.model.build import EmaTarget, Objective, build
 from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
 
 

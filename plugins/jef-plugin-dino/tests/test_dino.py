@@ -11,9 +11,9 @@ from jef_plugin_dino.centering import Centering, teacher_temperature
 from jef.builtin.energies import CrossEntropyEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
-from jef.pipeline import Objective, build
+from jef.model.build import Objective, build
 from jef.testing import TINY_SETTINGS, assert_discovered, build_component, check_functional, run_in_processes
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):

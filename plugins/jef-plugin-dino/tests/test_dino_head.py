@@ -11,7 +11,7 @@ from jef_plugin_dino.head import DinoHead
 from jef.components import RunContext
 from jef.config import merge, resolve
 from jef.run.optim import build_optimizer
-from jef.pipeline import EmaTarget, build
+from jef.model.build import EmaTarget, build
 from jef.testing import TINY_SETTINGS, build_component, check_head
 
 

@@ -12,7 +12,7 @@ from jef_plugin_moco.v3 import MocoV3InfoNCE
 from jef.builtin.energies import ScaledCosineEnergy
 from jef.components import Branch, StepOutputs
 from jef.config import merge, resolve
-from jef.pipeline import Objective
+from jef.model.build import Objective
 from jef.testing import (
     LEARNING_SETTINGS,
     assert_discovered,

@@ -9,7 +9,7 @@ import torch
 
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import resolve
-from jef.pipeline import Objective
+from jef.model.build import Objective
 from jef.testing import assert_discovered, installed_plugins, tiny_run
 
 

@@ -11,7 +11,7 @@ from jef_plugin_swav import SinkhornAssignment
 from jef.builtin.energies import CrossEntropyEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
-from jef.pipeline import Objective
+from jef.model.build import Objective
 from jef.testing import (
     assert_discovered,
     assert_learns,
@@ -21,7 +21,7 @@ from jef.testing import (
     tiny_run,
     train_in_processes,
 )
-from jef.validate import ConfigError
+from jef.config.validate import ConfigError
 
 
 @pytest.fixture(scope="module")

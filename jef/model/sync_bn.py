@@ -6,7 +6,7 @@ process on the global batch of ``W·B`` samples. SimCLR [1] aggregates the
 BatchNorm mean and variance over all devices ("global BN"): per-device
 statistics let a sample's views recognise each other through the statistics
 they share (MoCo [2] prevents the same leak by shuffling instead, see
-:mod:`jef.shuffle_bn`), and they change the method with the number of devices.
+:mod:`jef.model.shuffle_bn`), and they change the method with the number of devices.
 
 ``torch.nn.SyncBatchNorm`` runs only on GPU tensors, so jef has its own. In
 the forward pass each process computes the count, mean and (biased) variance

@@ -21,13 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from jef.components import Branch, DataSplits, RunContext, StepOutputs
-from jef.config import Pipeline, Slot
+from jef.config.options import TargetOptions
+from jef.config.pipeline import Pipeline, Slot
+from jef.config.validate import ConfigError
 from jef.hookspecs import hookimpl
-from jef.options import TargetOptions
+from jef.model.shuffle_bn import shuffled_encode
+from jef.model.sync_bn import convert_sync_batchnorm
 from jef.registry import BuildError
-from jef.shuffle_bn import shuffled_encode
-from jef.sync_bn import convert_sync_batchnorm
-from jef.validate import ConfigError
 
 
 class Objective(nn.Module):

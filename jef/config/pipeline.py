@@ -19,9 +19,9 @@ from typing import Any
 import attrs
 import yaml
 
-from jef.options import EvalOptions, TargetOptions, TrainOptions
+from jef.config.options import EvalOptions, TargetOptions, TrainOptions
+from jef.config.validate import ConfigError, build_options, describe, join, short, to_plain
 from jef.registry import Entry, Registry, RegistryError
-from jef.validate import ConfigError, build_options, describe, join, short, to_plain
 
 #: Single-component slots and the registry kind they draw from.
 SLOTS: dict[str, str] = {"data": "dataset", "augmenter": "augmenter", "backbone": "backbone",
