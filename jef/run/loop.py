@@ -117,9 +117,8 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator, claim
     run = Run(ctx, pipeline, accelerator, model, augmenter, optimizer, scheduler,
               directory if accelerator.is_main_process else None, generator, built.splits, built.monitors)
     logger = claim.open(run, plugin_listing(plugins))  # restores the checkpoint, writes the run's files, says where
-    hook = plugins.manager.hook
     metrics: dict[str, float] = {}
-    with run_plugins(plugins, [*built.components.values(), *built.monitors]):
+    with run_plugins(plugins, [*built.components.values(), *built.monitors], pipeline) as hook:
         if random_backbone is not None:
             metrics["knn_top1_random"] = _knn(run, random_backbone.to(accelerator.device), built.splits)
         hook.jef_run_start(run=run)

@@ -163,7 +163,7 @@ def _component_slots(run: Run) -> dict[int, str]:
 
 
 @contextmanager
-def run_plugins(plugins: Plugins, objects: list[Any]) -> Iterator[None]:
+def run_plugins(plugins: Plugins, objects: list[Any], pipeline: Pipeline | None = None) -> Iterator[Any]:
     """Register the run's components and monitors that implement hooks, and :class:`NameTheRaiser`.
 
     All are unregistered afterwards.
@@ -175,7 +175,7 @@ def run_plugins(plugins: Plugins, objects: list[Any]) -> Iterator[None]:
             if obj is not None and any(name.startswith("jef_") and callable(getattr(type(obj), name, None))
                                        for name in dir(type(obj))):
                 names.append(plugins.manager.register(obj, name=f"run:{type(obj).__name__}:{id(obj)}"))
-        yield
+        yield plugins.manager.hook
     finally:
         for name in names:
             plugins.manager.unregister(name=name)
