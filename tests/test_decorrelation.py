@@ -12,7 +12,14 @@ from torch import nn
 
 from jef.builtin.decorrelation import Covariance, CrossCorrelation, Variance
 from jef.components import Branch, RunContext, StepOutputs
-from jef.functional import barlow_twins_loss, covariance_penalty, cross_correlation, off_diagonal, variance_hinge
+from jef.functional import (
+    barlow_twins_loss,
+    covariance_penalty,
+    cross_correlation,
+    cross_correlation_loss,
+    off_diagonal,
+    variance_hinge,
+)
 from jef.model.build import Objective
 from jef.plugins import load_plugins
 from jef.testing import build_component, check_functional, check_functional_under_gather
@@ -91,10 +98,19 @@ def test_cross_correlation_is_batchnorm_standardised_product():
 
 
 @pytest.mark.parametrize("lambd", [0.0051, 0.5])
-def test_barlow_twins_loss_matches_the_official_formulation(lambd):
+def test_cross_correlation_loss_matches_the_official_formulation(lambd):
     z1, z2 = randn(8, 5, seed=3).double(), randn(8, 5, seed=4).double()
-    got = barlow_twins_loss(cross_correlation(z1, z2), lambd)
+    got = cross_correlation_loss(cross_correlation(z1, z2), lambd)
     assert float(got) == pytest.approx(barlow_ref(z1.numpy(), z2.numpy(), lambd), rel=1e-10)
+
+
+def test_barlow_twins_loss_is_the_old_name_of_cross_correlation_loss():
+    import jef.functional
+
+    assert barlow_twins_loss is cross_correlation_loss
+    assert {"barlow_twins_loss", "cross_correlation_loss"} <= set(jef.functional.__all__)
+    with pytest.raises(ValueError, match=r"cross_correlation_loss: c must be a square \[d, d\] matrix"):
+        barlow_twins_loss(torch.zeros(2, 3))
 
 
 def test_readable_errors():
@@ -166,7 +182,7 @@ def test_fp16_near_constant_dimensions_stay_finite():
     # Variance ~1e-8 in a dimension: in float16 `var + 1e-4` and 1/sqrt(var + eps) lose everything.
     z = (torch.ones(32, 4) + 1e-4 * randn(32, 4, seed=11)).half().requires_grad_()
     z2 = (torch.ones(32, 4) - 1e-4 * randn(32, 4, seed=12)).half().requires_grad_()
-    values = [variance_hinge(z), covariance_penalty(z), barlow_twins_loss(cross_correlation(z, z2))]
+    values = [variance_hinge(z), covariance_penalty(z), cross_correlation_loss(cross_correlation(z, z2))]
     for value in values:
         assert value.dtype == torch.float32 and torch.isfinite(value)
     sum(values).backward()

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from jef import dist
 from jef.components import NoOptions, RunContext, StepOutputs
-from jef.functional import barlow_twins_loss, covariance_penalty, cross_correlation, variance_hinge
+from jef.functional import covariance_penalty, cross_correlation, cross_correlation_loss, variance_hinge
 from jef.hookspecs import hookimpl
 
 __all__ = [
@@ -136,7 +136,7 @@ class CrossCorrelation(nn.Module):
                              f"n_global={out.n_global} and {len(out.online.z)} online views; set the "
                              f"augmenter's n_global to 2")
         z1, z2 = _gathered_views("cross_correlation", out.online.z[:2])
-        return barlow_twins_loss(cross_correlation(z1, z2, self.eps), self.lambd)
+        return cross_correlation_loss(cross_correlation(z1, z2, self.eps), self.lambd)
 
     def extra_repr(self) -> str:
         return f"lambd={self.lambd}, eps={self.eps}"

@@ -36,8 +36,10 @@ from jef.functional.decorrelation import (  # noqa: E402 - appended after the li
     barlow_twins_loss,
     covariance_penalty,
     cross_correlation,
+    cross_correlation_loss,
     off_diagonal,
     variance_hinge,
 )
 
-__all__ += ["barlow_twins_loss", "covariance_penalty", "cross_correlation", "off_diagonal", "variance_hinge"]
+__all__ += ["barlow_twins_loss", "covariance_penalty", "cross_correlation", "cross_correlation_loss", "off_diagonal",
+            "variance_hinge"]

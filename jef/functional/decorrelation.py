@@ -6,7 +6,7 @@ deviation of each dimension above ``γ`` (:func:`variance_hinge`) and pushes
 the covariance between dimensions to zero (:func:`covariance_penalty`).
 Barlow Twins [2] drives the cross-correlation matrix between the two views'
 standardised embeddings towards the identity (:func:`cross_correlation`,
-:func:`barlow_twins_loss`).
+:func:`cross_correlation_loss`).
 
 These are batch statistics: under data parallelism the caller must gather
 the global batch first (the registered functionals in
@@ -29,7 +29,8 @@ from torch import Tensor
 
 from jef.functional._checks import check_embeddings, check_same_shape, full_precision, upcast
 
-__all__ = ["barlow_twins_loss", "covariance_penalty", "cross_correlation", "off_diagonal", "variance_hinge"]
+__all__ = ["barlow_twins_loss", "covariance_penalty", "cross_correlation", "cross_correlation_loss", "off_diagonal",
+           "variance_hinge"]
 
 
 def _check_batch(fn: str, name: str, z: Tensor, least: int) -> None:
@@ -142,11 +143,12 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
         return standardise(z1).T @ standardise(z2) / z1.shape[0]
 
 
-def barlow_twins_loss(c: Tensor, lambd: float = 0.0051) -> Tensor:
-    """Barlow Twins' objective ``Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²`` [2, eq. 1].
+def cross_correlation_loss(c: Tensor, lambd: float = 0.0051) -> Tensor:
+    """Barlow Twins' redundancy-reduction loss ``Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²`` [2, eq. 1].
 
     The first (invariance) term makes each dimension agree across the views;
     the second (redundancy reduction) decorrelates different dimensions.
+    ``barlow_twins_loss`` is this function's old name, kept as an alias.
 
     Args:
         c: ``[d, d]`` cross-correlation matrix (:func:`cross_correlation`).
@@ -160,9 +162,13 @@ def barlow_twins_loss(c: Tensor, lambd: float = 0.0051) -> Tensor:
         ValueError: If ``c`` is not square or ``λ`` is negative.
     """
     if not lambd >= 0:
-        raise ValueError(f"barlow_twins_loss: lambd must be >= 0, got {lambd!r}")
+        raise ValueError(f"cross_correlation_loss: lambd must be >= 0, got {lambd!r}")
     if c.dim() != 2 or c.shape[0] != c.shape[1]:
-        raise ValueError(f"barlow_twins_loss: c must be a square [d, d] matrix, got shape {tuple(c.shape)}")
+        raise ValueError(f"cross_correlation_loss: c must be a square [d, d] matrix, got shape {tuple(c.shape)}")
     with full_precision(c):
         c = upcast(c)
         return (1 - c.diagonal()).pow(2).sum() + lambd * off_diagonal(c).pow(2).sum()
+
+
+#: The old name of :func:`cross_correlation_loss` (named after the method, not what it computes); it still works.
+barlow_twins_loss = cross_correlation_loss
