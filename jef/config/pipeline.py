@@ -1,5 +1,8 @@
 """Pipeline files: YAML -> merged with the method recipe -> overrides -> validated :class:`Pipeline`.
 
+The YAML reader is :mod:`jef.config.yaml`, the overrides are :mod:`jef.config.overrides`; this module merges and
+validates.
+
 One level of defaults: jef's core defaults, then the method recipe, then the
 user's file, then ``key.path=value`` overrides. A slot whose ``name`` the
 user changes is replaced whole (another component has other options); a slot
@@ -11,16 +14,16 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
 from jef.config.options import EvalOptions, TargetOptions, TrainOptions
+from jef.config.overrides import apply_overrides
 from jef.config.validate import ConfigError, build_options, describe, join, short, to_plain
+from jef.config.yaml import check_size, read_yaml
 from jef.registry import Entry, Registry, RegistryError
 
 #: Single-component slots and the registry kind they draw from.
@@ -33,10 +36,6 @@ WEIGHTED = {"energy", "functionals"}
 TOP_LEVEL = ("method", "requires", "seed", "run_dir", *SLOTS, *LIST_SLOTS, "target", "train", "eval")
 #: Seeds go to torch and numpy; numpy takes 32-bit ones.
 MAX_SEED = 2**32 - 1
-#: Pipelines are small; these bound what aliases can expand to and how deep data may nest.
-MAX_VALUES, MAX_DEPTH = 10_000, 32
-#: A larger "pipeline file" is a data file or checkpoint given by mistake.
-MAX_FILE_BYTES = 4 * 2**20
 
 #: What a pipeline gets when neither the method nor the user says otherwise.
 CORE_DEFAULTS: dict[str, Any] = {
@@ -118,183 +117,6 @@ class Pipeline:
         return pairs
 
 
-class _StrictSafeLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader (plain data, no Python objects) that also refuses duplicate keys.
-
-    PyYAML keeps the last of two equal keys silently; in a pipeline that hides
-    one of two settings. Values that the YAML grammar accepts but Python cannot
-    build (``2018-13-45``, a 5000-digit integer) become YAML errors with a position.
-    """
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden by later keys
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:  # unhashable: the base class reports it
-                    continue
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        None, None,
-                        f"found duplicate key {short(key)} (first at line {first.start_mark.line + 1}); "
-                        f"keep one of them", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError, KeyError, AttributeError, TypeError, IndexError) as error:
-            # PyYAML's scalar constructors fail this way on text their tag cannot take (`!!bool maybe`).
-            shown = short(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            reason = "too many digits" if "digits" in str(error) else f"{type(error).__name__}: {error}"
-            raise yaml.constructor.ConstructorError(None, None, f"cannot read {shown} as {tag} ({reason})",
-                                                    node.start_mark) from error
-
-
-def parse_yaml(text: str) -> Any:
-    """Parse YAML text as plain data (``yaml.safe_load`` semantics, duplicate keys refused).
-
-    Raises:
-        ConfigError: with the line and column of a syntax error and what to do.
-    """
-    try:
-        _check_nesting(text)
-        return yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 -- a SafeLoader subclass
-    except yaml.YAMLError as error:
-        raise ConfigError(f"invalid YAML {_yaml_problem(error, text)}") from error
-    except RecursionError:
-        raise ConfigError("invalid YAML: nested too deeply for a pipeline (hundreds of levels of brackets or "
-                          "indentation)") from None
-
-
-def _check_nesting(text: str) -> None:
-    """Refuse deep nesting from the parser's events, before PyYAML's recursive composer meets it."""
-    depth = 0
-    for event in yaml.parse(text, Loader=_StrictSafeLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise yaml.MarkedYAMLError(problem=f"nested more than {MAX_DEPTH} levels deep; a pipeline is a few "
-                                                   f"levels deep", problem_mark=event.start_mark)
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-
-
-def _yaml_problem(error: yaml.YAMLError, text: str) -> str:
-    """``at line 3, column 5: <problem>`` with the line and a caret, from a PyYAML error."""
-    if isinstance(error, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. NUL
-        line = text.count("\n", 0, error.position) + 1
-        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
-        char = chr(error.character) if isinstance(error.character, int) else error.character
-        problem = f"character U+{ord(char):04X} is not allowed in YAML (is this a text file?)"
-    elif isinstance(error, yaml.MarkedYAMLError) and (error.problem_mark or error.context_mark):
-        mark = error.problem_mark or error.context_mark
-        line, column = mark.line + 1, mark.column + 1
-        problem = (error.problem or error.context or "syntax error").replace("tag:yaml.org,2002:", "!!")
-        opened = error.context_mark
-        if error.context and error.context.startswith("while parsing a flow") and opened and error.problem:
-            bracket = "{" if "mapping" in error.context else "["
-            problem += f" (is the '{bracket}' at line {opened.line + 1}, column {opened.column + 1} left unclosed?)"
-        elif error.context and error.problem and opened and error.problem_mark and \
-                opened.line != error.problem_mark.line:
-            problem += f" ({error.context} at line {opened.line + 1})"
-    else:
-        return f": {error}"
-    problem += _yaml_hint(problem)
-    # PyYAML quotes the offending token whole (a tag, a key); a pasted blob must not flood the message.
-    problem = re.sub(r"'([^'\n]{60})[^'\n]{20,}([^'\n]{10})'", r"'\1...\2'", problem)
-    lines = text.splitlines()
-    if not 0 < line <= len(lines) or not lines[line - 1].strip():
-        return f"at line {line}, column {column}: {problem}"
-    # The line as an editor shows it (at most 160 characters around the column), control characters replaced.
-    start = max(0, column - 1 - 100)
-    excerpt = "".join(c if c.isprintable() or c == "\t" else "?" for c in lines[line - 1][start:start + 160])
-    shown = f"\n    {excerpt}\n    {' ' * min(column - 1 - start, len(excerpt))}^"
-    return f"at line {line}, column {column}: {problem}{shown}"
-
-
-def _yaml_hint(problem: str) -> str:
-    if "'\\t'" in problem:
-        return "; YAML indents with spaces, not tabs"
-    if "could not determine a constructor for the tag" in problem:
-        return ("; pipeline files hold plain data and are read with yaml.safe_load, which refuses Python objects "
-                "and custom tags: remove the tag")
-    return ""
-
-
-def _check_size(data: Any, path: str = "") -> None:
-    """Refuse data that aliases make recursive or huge, or that nests deeper than any pipeline.
-
-    YAML aliases share one object between several places; a structure that
-    contains itself, or one that expands to millions of values, would hang
-    the merge or the error messages further on.
-    """
-    budget = MAX_VALUES
-
-    def walk(node: Any, path: str, depth: int, open_: set[int]) -> None:
-        nonlocal budget
-        if not isinstance(node, dict | list):
-            return
-        if id(node) in open_:
-            raise ConfigError("an alias refers to a value that contains it (a recursive structure); "
-                              "a pipeline cannot contain itself", path=path)
-        if depth > MAX_DEPTH:
-            raise ConfigError(f"nested more than {MAX_DEPTH} levels deep; a pipeline is a few levels deep", path=path)
-        open_.add(id(node))
-        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
-            budget -= 1
-            if budget < 0:
-                raise ConfigError(f"more than {MAX_VALUES} values (counting every use of an alias); "
-                                  f"a pipeline holds a few hundred")
-            walk(value, join(path, key), depth + 1, open_)
-        open_.discard(id(node))
-
-    walk(data, path, 0, set())
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a pipeline file (``yaml.safe_load``), with the file named in every error.
-
-    Raises:
-        ConfigError: the file cannot be read, is not UTF-8 text, is not valid
-            YAML (with line and column) or is not a mapping.
-    """
-    path = Path(path)
-    try:
-        if path.is_dir():
-            raise ConfigError("cannot read pipeline file: it is a directory; pass a pipeline YAML file "
-                              "(a run directory keeps its own as pipeline.yaml)", source=str(path))
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(f"cannot read pipeline file: it is {size / 2**20:.0f} MiB, not a pipeline (a few KB of "
-                              f"YAML); is this a checkpoint or a data file?", source=str(path))
-        raw = path.read_bytes()
-    except OSError as error:
-        hint = "; check the path" if isinstance(error, FileNotFoundError) else ""
-        raise ConfigError(f"cannot read pipeline file: {error.strerror or error}{hint}", source=str(path)) from error
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"not UTF-8 text: byte 0x{raw[error.start]:02x} at line {line} cannot be decoded; "
-                          f"a pipeline is a YAML text file: save it as UTF-8 (is this the right file?)",
-                          source=str(path)) from None
-    try:
-        data = parse_yaml(text)
-    except ConfigError as error:
-        raise error.located(str(path)) from error.__cause__
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"a pipeline file must be a mapping of slots such as `method: simclr`, got "
-                          f"{describe(data)}", source=str(path))
-    return data
-
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None, *,
                   registry: Registry | None = None) -> Pipeline:
@@ -324,7 +146,7 @@ def resolve(user: Mapping[str, Any], overrides: list[str] | None = None, *, sour
         for override in overrides:
             if not isinstance(override, str):
                 raise ConfigError(f"an override must be a string key.path=value, got {describe(override)}")
-        _check_size(dict(user))
+        check_size(dict(user))
         # The method decides the recipe, so an override of it applies first; the others apply last.
         user = apply_overrides(dict(user), [o for o in overrides if o.partition("=")[0].strip() == "method"])
         # Requirements first: a missing plugin explains an unknown method better than the lookup can.
@@ -352,61 +174,6 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
             result[key] = copy.deepcopy(value)
     return result
 
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.0.c=value`` strings; values are parsed as YAML (``0.1``, ``[1, 2]``, ``null``)."""
-    data = copy.deepcopy(data)
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(part.strip() for part in parts):
-            raise ConfigError(f"override {_quote(override)} must look like key.path=value, e.g. train.optimizer.lr=0.1 "
-                              f"or functionals.0.temperature=0.2")
-        parts = [part.strip() for part in parts]
-        paths = [join("", parts[0])]
-        for part in parts[1:]:
-            paths.append(join(paths[-1], part))
-        try:
-            value = parse_yaml(raw)
-            _check_size(value, paths[-1])
-        except ConfigError as error:
-            raise ConfigError(f"override {_quote(override)}: value is not valid: {error.reason}",
-                              path=error.path) from error.__cause__
-        node: Any = data
-        for part, path in zip(parts[:-1], paths, strict=False):
-            node = _step_into(node, part, path)
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_index(node, last, paths[-1])] = value
-        elif isinstance(node, dict):
-            if last == "name" and node.get("name", value) != value:
-                node.clear()  # another component: the old one's options do not apply
-            node[last] = value
-        else:
-            raise ConfigError(f"override {_quote(override)}: cannot set {_quote(last, 40)} inside {paths[-2]}, which "
-                              f"is {describe(node)}, not a mapping")
-    return data
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    """``repr(text)``, its middle cut out when long (a pasted value must not flood the message)."""
-    return repr(text) if len(text) <= limit else repr(f"{text[:limit - 20]}...{text[-10:]}")
-
-
-def _step_into(node: Any, part: str, path: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, part, path)]
-    if not isinstance(node, dict):
-        raise ConfigError(f"cannot set {part!r} inside {describe(node)}, which is not a mapping", path=path)
-    if node.get(part) is None:
-        node[part] = {}
-    return node[part]
-
-
-def _index(node: list[Any], part: str, path: str) -> int:
-    if not (part.isascii() and part.isdigit() and len(part) < 10) or int(part) >= len(node):
-        raise ConfigError(f"expected a list index below {len(node)}, got {_quote(part, 40)}", path=path)
-    return int(part)
 
 
 def _lookup(registry: Registry, kind: str, name: Any, path: str) -> Entry:
