@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 
@@ -158,6 +158,37 @@ class StepOutputs:
     indices: Tensor | None = None
     assignments: list[Tensor] | None = None
     labels: Tensor | None = None
+
+
+class Term(NamedTuple):
+    """One weighted term of the objective: the energy D or a functional, with the name its terms are logged under.
+
+    Attributes:
+        name: The log name (``energy/<name>`` for the energy; ``<name>`` or ``<name>/<key>`` for a functional).
+        module: The energy or functional module.
+        weight: Its weight in the loss.
+    """
+
+    name: str
+    module: nn.Module
+    weight: float = 1.0
+
+
+class StepResult(NamedTuple):
+    """What the objective, the model and a ``jef_train_step`` hook return for one batch.
+
+    A named tuple, so ``loss, terms, outputs = model(views)`` reads as before.
+
+    Attributes:
+        loss: The scalar loss the loop back-propagates.
+        terms: The named terms, unweighted, for logging (``energy/<name>``, ``<functional>[/<key>]``).
+        outputs: The branches' outputs (with the made targets), for the step-end hooks (EMA update,
+            queue enqueue, monitors); None from a step that has none to share.
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+    outputs: StepOutputs | None = None
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     import pluggy as _pluggy
 
-    from jef.components import StepOutputs
+    from jef.components import StepOutputs, StepResult
     from jef.run.state import Run
 
 PROJECT = "jef"
@@ -202,21 +202,24 @@ def jef_run_start(run: Run) -> None:
 
 
 @hookspec(firstresult=True)
-def jef_train_step(run: Run, batch: Any) -> dict[str, Any] | None:
+def jef_train_step(run: Run, batch: Any) -> StepResult | None:
     """Compute the loss of one batch (forward only; the loop does backward).
 
     Stops at the first non-None result. jef's built-in implementation is
     ``trylast``: it augments the batch, runs both branches and evaluates the
-    objective; a plugin returning a result replaces it.
+    objective; a plugin the pipeline selected (its method or one of its
+    components) that returns a result replaces it.
 
     Args:
         run: The run.
         batch: What the data loader yielded: ``(images, labels, indices)``.
 
     Returns:
-        A dict with ``"loss"`` (scalar tensor to back-propagate), ``"terms"``
-        (dict of named scalar tensors for logging) and ``"outputs"``
-        (:class:`~jef.components.StepOutputs` or None); or None to defer.
+        A :class:`~jef.components.StepResult`: ``loss`` (scalar tensor to
+        back-propagate), ``terms`` (dict of named scalar tensors for logging)
+        and ``outputs`` (:class:`~jef.components.StepOutputs` or None); or
+        None to defer. A dict with those keys is accepted, with a
+        DeprecationWarning, for one release.
     """
 
 

@@ -20,7 +20,7 @@ from jef.functional import (
     off_diagonal,
     variance_hinge,
 )
-from jef.model.build import Objective
+from jef.model.joint import Objective
 from jef.plugins import load_plugins
 from jef.testing import build_component, check_functional, check_functional_under_gather
 

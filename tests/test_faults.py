@@ -44,8 +44,8 @@ class Poison:
         result = default_train_step(run=run, batch=batch)
         poisoned = step in self.steps and (self.micro_batch is None or self.calls % 2 == self.micro_batch % 2)
         if poisoned:
-            nan = result["terms"]["info_nce"] * float("nan")
-            result = {**result, "loss": result["loss"] + nan, "terms": {**result["terms"], "info_nce": nan}}
+            nan = result.terms["info_nce"] * float("nan")
+            result = result._replace(loss=result.loss + nan, terms={**result.terms, "info_nce": nan})
         return result
 
 
@@ -254,6 +254,33 @@ def test_a_truncated_checkpoint_in_a_run_directory_is_explained_by_the_commands(
     err = capsys.readouterr().err
     assert err.startswith(f"jef: error: {checkpoint}: cannot be read: truncated or corrupt")
 
+
+def test_jef_train_resume_from_an_unusable_checkpoint_prints_the_error_and_touches_nothing(finished, tmp_path,
+                                                                                           capsys):
+    import shutil
+
+    from jef.cli import main
+    from jef.config.validate import ConfigError
+
+    assert not issubclass(CheckpointError, ConfigError)  # the file is the problem, not the pipeline's values
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    checkpoint, pipeline_file = run_dir / "checkpoint.pt", tmp_path / "pipeline.yaml"
+    shutil.copy(run_dir / "pipeline.yaml", pipeline_file)
+    train = ["train", str(pipeline_file), "--run-dir", str(run_dir), "--cpu", "--resume"]
+
+    assert main([*train, "train.optimizer.lr=0.2"]) == 2  # another pipeline's checkpoint: the differences, listed
+    err = capsys.readouterr().err
+    assert err.startswith(f"jef: error: {checkpoint}: was written by a different pipeline; resuming would mix two "
+                          f"runs:\n  train.optimizer.lr: 0.1 -> 0.2\n")
+    assert "Traceback" not in err
+
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    assert main(train) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("jef: error", "Traceback"))]
+    assert len(lines) == 1 and lines[0].startswith(f"jef: error: {checkpoint}: cannot be read: truncated or corrupt")
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
 def test_an_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"

@@ -71,7 +71,7 @@ def test_decomposition_energy_plus_functional_equals_nt_xent():
 
 
 def test_decomposition_through_the_pipeline_objective():
-    from jef.model.build import Objective
+    from jef.model.joint import Objective
 
     z1, z2 = _randn(5, 3, seed=5), _randn(5, 3, seed=6)
     objective = Objective(

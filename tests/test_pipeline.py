@@ -7,7 +7,8 @@ from torch import nn
 
 from jef.components import Branch, StepOutputs
 from jef.config.options import TargetOptions
-from jef.model.build import EmaTarget, JointEmbedding, Objective
+from jef.model.joint import JointEmbedding, Objective
+from jef.model.targets import EmaTarget, SharedTarget, StopGradTarget
 
 
 class Squared(nn.Module):
@@ -27,7 +28,9 @@ def _model(target="shared", predictor=None, functionals=()):
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
     projector = nn.Linear(6, 4)
     objective = Objective(("sq", Squared(), 2.0), [(name, f, w) for name, f, w in functionals])
-    return JointEmbedding(backbone, projector, predictor, objective, TargetOptions(name=target), n_global=2)
+    made = {"shared": SharedTarget, "stopgrad": StopGradTarget,
+            "ema": lambda: EmaTarget(TargetOptions(name="ema"), total_steps=10)}[target]()
+    return JointEmbedding(backbone, projector, predictor, objective, made, n_global=2)
 
 
 def test_objective_averages_energy_over_ordered_pairs_with_global_targets():
@@ -73,7 +76,7 @@ def test_ema_target_is_a_frozen_copy_moved_only_by_the_update():
             p.add_(1.0)
     online = [p.clone() for p in model.backbone.parameters()]
     before = [p.clone() for p in model.target_backbone.parameters()]
-    updater = EmaTarget(model, TargetOptions(name="ema", momentum=1.0, schedule="constant"), total_steps=10)
+    updater = model.target  # the EmaTarget the model attached: update() moves its copies
     updater.update(1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.target_backbone.parameters(), strict=True))
     updater.update(0.5)
@@ -84,7 +87,7 @@ def test_ema_target_is_a_frozen_copy_moved_only_by_the_update():
 
 
 def test_ema_momentum_follows_a_cosine_schedule():
-    updater = EmaTarget(_model("ema"), TargetOptions(name="ema", momentum=0.996, final_momentum=1.0), total_steps=100)
+    updater = EmaTarget(TargetOptions(name="ema", momentum=0.996, final_momentum=1.0), total_steps=100)
     assert updater.momentum(0) == 0.996
     assert abs(updater.momentum(50) - 0.998) < 1e-9
     assert updater.momentum(100) == 1.0

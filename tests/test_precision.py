@@ -25,11 +25,11 @@ import torch
 
 from jef import hookimpl
 from jef.run.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from jef.components import RunContext
+from jef.components import RunContext, StepResult
 from jef.config import merge
 from jef.functional import l2_normalize, momentum_update
 from jef.functional.queue import enqueue
-from jef.model.build import Objective
+from jef.model.joint import Objective
 from jef.plugins import load_plugins
 from jef.testing import build_component, temporary_plugin, tiny_run
 from jef.testing.contracts import step_outputs
@@ -237,7 +237,7 @@ class AutocastStep:
         with torch.autocast("cpu", dtype=self.dtype):
             loss, terms, outputs = run.model(views, indices)
         self.loss_dtypes |= {loss.dtype, *(t.dtype for t in terms.values())}
-        return {"loss": loss, "terms": terms, "outputs": attrs.evolve(outputs, labels=labels)}
+        return StepResult(loss, terms, attrs.evolve(outputs, labels=labels))
 
 
 def train_tiny(method: str, run_dir: Path, precision: str = "no", *,

@@ -14,7 +14,7 @@ from jef.builtin.queues import QueueInfoNCE
 from jef.run.checkpoint import load_checkpoint
 from jef.components import Branch, StepOutputs
 from jef.functional.queue import enqueue
-from jef.model.build import Objective
+from jef.model.joint import Objective
 from jef.plugins import load_plugins
 from jef.testing import (
     InterruptAt,

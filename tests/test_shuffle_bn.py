@@ -8,7 +8,8 @@ from torch import nn
 
 from jef.builtin.energies import ScaledCosineEnergy
 from jef.config.options import TargetOptions
-from jef.model.build import JointEmbedding, Objective
+from jef.model.joint import JointEmbedding, Objective
+from jef.model.targets import EmaTarget
 from jef.plugins import load_plugins
 from jef.testing import run_in_processes, tiny_run
 from jef.config.validate import ConfigError
@@ -34,7 +35,7 @@ class RecordingBN(nn.Module):
 
 def _shuffle_model(shuffle_bn):
     objective = Objective(("scaled_cosine", ScaledCosineEnergy(0.2), 1.0), [])
-    target = TargetOptions(name="ema", shuffle_bn=shuffle_bn)
+    target = EmaTarget(TargetOptions(name="ema", shuffle_bn=shuffle_bn), total_steps=1)
     return JointEmbedding(RecordingBN(), None, None, objective, target, n_global=2)
 
 

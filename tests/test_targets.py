@@ -15,7 +15,7 @@ from jef.builtin.monitors import CollapseOptions, build_collapse
 from jef.components import Branch, RunContext, StepOutputs
 from jef.evaluate.collapse import CollapseWarning, assignment_entropy, class_usage
 from jef.functional import soft_cross_entropy
-from jef.model.build import Objective
+from jef.model.joint import Objective
 from jef.plugins import load_plugins
 from jef.testing import TINY_OBJECTIVE, ContractError, check_functional, temporary_plugin, tiny_run
 from jef.config.validate import ConfigError

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from jef import hookimpl
+from jef.components import StepResult
 from jef.run.checkpoint import load_checkpoint
 from jef.plugins import load_plugins
 from jef.testing import InterruptAt, tiny_run
@@ -103,7 +104,7 @@ def test_a_plugin_train_step_replaces_the_default(plugins):
         @hookimpl
         def jef_train_step(self, run, batch):
             loss = sum(p.sum() for p in run.model.parameters()) * 0.0 + 1.5
-            return {"loss": loss, "terms": {}, "outputs": None}
+            return StepResult(loss, {}, None)
 
     plugins.manager.register(ConstantStep(), name="constant")
     try:
@@ -111,6 +112,37 @@ def test_a_plugin_train_step_replaces_the_default(plugins):
     finally:
         plugins.manager.unregister(name="constant")
     assert result.metrics["loss"] == pytest.approx(1.5)
+
+
+def test_a_train_step_returning_a_dict_still_trains_with_a_deprecation_warning(plugins):
+    class DictStep:
+        @hookimpl
+        def jef_train_step(self, run, batch):
+            loss = sum(p.sum() for p in run.model.parameters()) * 0.0 + 2.5
+            return {"loss": loss, "terms": {"constant": loss.detach()}, "outputs": None}
+
+    plugins.manager.register(DictStep(), name="dict_step")
+    try:
+        with pytest.warns(DeprecationWarning, match=r"jef_train_step returned a dict; return "
+                                                    r"jef.components.StepResult\(loss, terms, outputs\)"):
+            result = tiny_run(steps=2, plugins=plugins)
+    finally:
+        plugins.manager.unregister(name="dict_step")
+    assert result.metrics["loss"] == pytest.approx(2.5) and result.metrics["constant"] == pytest.approx(2.5)
+
+
+def test_a_train_step_returning_something_else_is_an_error_naming_the_hook(plugins):
+    class TupleStep:
+        @hookimpl
+        def jef_train_step(self, run, batch):
+            return (torch.tensor(1.0), {})
+
+    plugins.manager.register(TupleStep(), name="tuple_step")
+    try:
+        with pytest.raises(TypeError, match="jef_train_step returned tuple; expected a jef.components.StepResult"):
+            tiny_run(steps=1, plugins=plugins)
+    finally:
+        plugins.manager.unregister(name="tuple_step")
 
 
 def test_ema_and_stopgrad_targets_train(plugins):

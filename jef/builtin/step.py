@@ -6,18 +6,19 @@ from typing import Any
 
 import attrs
 
+from jef.components import StepResult
 from jef.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)
-def jef_train_step(run: Any, batch: Any) -> dict[str, Any]:
-    """Views of the batch on the training device, then ``(loss, terms, outputs)`` from the model.
+def jef_train_step(run: Any, batch: Any) -> StepResult:
+    """Views of the batch on the training device, then the model's :class:`~jef.components.StepResult`.
 
-    ``trylast``: any plugin implementing ``jef_train_step`` runs first and, by
+    ``trylast``: a plugin the pipeline selected that implements ``jef_train_step`` runs first and, by
     returning a result, replaces this one.
     """
     images, labels, indices = batch
     views = run.augmenter(images, generator=run.generator)
-    loss, terms, outputs = run.model(views, indices)
+    result = run.model(views, indices)
     # Labels join the outputs only after the objective, for monitors (online probes).
-    return {"loss": loss, "terms": terms, "outputs": attrs.evolve(outputs, labels=labels)}
+    return result._replace(outputs=attrs.evolve(result.outputs, labels=labels))

@@ -77,7 +77,8 @@ def _accelerator(device: torch.device) -> Iterator[Accelerator]:
     states = (PartialState, AcceleratorState, GradientState)
     saved = [dict(state._shared_state) for state in states]
     # One process: resetting the device state too is safe (no process group) and lets a CPU evaluation follow a
-    # GPU run in the same process.
+    # GPU run in the same process. ``_reset_state`` is private, but Accelerate offers no public reset of its
+    # process-wide singletons (its own test utilities call it); the saved state is put back below.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     try:

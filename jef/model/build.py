@@ -1,164 +1,28 @@
 """Build the joint-embedding model and its objective from a :class:`~jef.config.Pipeline`.
 
-The objective of a step (see the architecture page)::
-
-    L = w_D · mean_(a,b) mean_n D(p_a^n, t_b^n)  +  Σ_k w_k · F_k(outputs)
-
-with ``p_a`` the online output of view ``a``, ``t_b`` the target embedding of
-global view ``b`` and (a, b) every ordered pair of distinct views. The energy
-term is averaged (not summed) over pairs so that its scale does not depend on
-the number of views.
+Components are made by their registered factories in dependency order (data, augmenter, backbone, heads,
+energy and functionals, target, monitors); the checks that need several of them at once (multi-crop
+support, a target maker for an energy that needs one, the widths an energy compares) run here, before
+anything trains, and name the YAML paths. The model and objective themselves are in :mod:`jef.model.joint`.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from typing import Any
 
 import attrs
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from jef.components import Branch, DataSplits, RunContext, StepOutputs
-from jef.config.options import TargetOptions
+from jef.components import DataSplits, RunContext, Term
 from jef.config.pipeline import Pipeline, Slot
 from jef.config.validate import ConfigError
-from jef.hookspecs import hookimpl
-from jef.model.shuffle_bn import shuffled_encode
+from jef.model.joint import JointEmbedding, Objective
 from jef.model.sync_bn import convert_sync_batchnorm
+from jef.model.targets import EmaTarget, SharedTarget, StopGradTarget
 from jef.registry import BuildError
 
-
-class Objective(nn.Module):
-    """``w_D · mean over pairs of D`` plus the weighted functionals, with every term reported."""
-
-    def __init__(self, energy: tuple[str, nn.Module, float] | None,
-                 functionals: list[tuple[str, nn.Module, float]]) -> None:
-        super().__init__()
-        self.energy = energy[1] if energy else None
-        self.energy_name, self.energy_weight = (energy[0], energy[2]) if energy else ("", 0.0)
-        self.functionals = nn.ModuleList(module for _, module, _ in functionals)
-        self.functional_names = _unique([name for name, _, _ in functionals])
-        self.functional_weights = [weight for _, _, weight in functionals]
-
-    def forward(self, out: StepOutputs) -> tuple[Tensor, dict[str, Tensor], StepOutputs]:
-        """The loss, its named terms (unweighted, for logging) and the outputs with the made targets."""
-        for functional in self.functionals:
-            if callable(getattr(functional, "targets", None)):
-                out = functional.targets(out)
-        terms: dict[str, Tensor] = {}
-        loss: Tensor | None = None
-        if self.energy is not None:
-            pairs = [(a, b) for a in range(len(out.online.out)) for b in range(len(out.target.z)) if a != b]
-            if not pairs:
-                raise ValueError("energy: no view pairs; the augmenter must make at least 2 views")
-            value = torch.stack([self.energy(out.online.out[a], out.target.z[b]).mean() for a, b in pairs]).mean()
-            terms[f"energy/{self.energy_name}"] = value
-            loss = self.energy_weight * value
-        for name, functional, weight in zip(self.functional_names, self.functionals, self.functional_weights,
-                                            strict=True):
-            result = functional(out)
-            parts = result if isinstance(result, dict) else {"": result}
-            for key, value in parts.items():
-                terms[f"{name}/{key}" if key else name] = value
-                loss = weight * value if loss is None else loss + weight * value
-        if loss is None:
-            raise ValueError("the objective has no term: the energy is missing and every functional returned "
-                             "an empty dict; add an energy or a functional that returns a loss")
-        return loss, terms, out
-
-
-class JointEmbedding(nn.Module):
-    """Online branch (backbone → projector → optional predictor), target branch and objective.
-
-    Views of equal size go through the backbone in one call per resolution.
-    """
-
-    def __init__(self, backbone: nn.Module, projector: nn.Module | None, predictor: nn.Module | None,
-                 objective: Objective, target: TargetOptions, n_global: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projector = projector if projector is not None else nn.Identity()
-        self.predictor = predictor
-        self.objective = objective
-        self.target_mode = target.name
-        self.n_global = n_global
-        self.shuffle_bn = target.name == "ema" and target.shuffle_bn
-        if target.name == "ema":
-            self.target_backbone = _frozen_copy(backbone)
-            self.target_projector = _frozen_copy(self.projector) if target.projector else None
-
-    def encode(self, views: list[Tensor], backbone: nn.Module, projector: nn.Module | None) -> Branch:
-        """Run views through a backbone (one call per resolution) and a projector."""
-        h: list[Tensor | None] = [None] * len(views)
-        for shape in dict.fromkeys(v.shape[-2:] for v in views):
-            chosen = [i for i, v in enumerate(views) if v.shape[-2:] == shape]
-            outputs = backbone(torch.cat([views[i] for i in chosen])).chunk(len(chosen))
-            for i, out in zip(chosen, outputs, strict=True):
-                h[i] = out
-        hs = [x for x in h if x is not None]
-        z = [projector(x) for x in hs] if projector is not None else hs
-        return Branch(h=hs, z=z)
-
-    def forward(self, views: list[Tensor], indices: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor],
-                                                                                    StepOutputs]:
-        """Both branches and the objective; returns ``(loss, terms, outputs)``."""
-        online = self.encode(views, self.backbone, self.projector)
-        if self.predictor is not None:
-            online = attrs.evolve(online, p=[self.predictor(z) for z in online.z])
-        g = self.n_global
-        if self.target_mode == "shared":
-            target = Branch(h=online.h[:g], z=online.z[:g])
-        elif self.target_mode == "stopgrad":
-            target = Branch(h=[x.detach() for x in online.h[:g]], z=[x.detach() for x in online.z[:g]])
-        elif self.shuffle_bn:
-            target = shuffled_encode(views[:g], self.target_backbone, self.target_projector)
-        else:
-            with torch.no_grad():
-                target = self.encode(views[:g], self.target_backbone, self.target_projector)
-        outputs = StepOutputs(online=online, target=target, n_global=g, indices=indices)
-        return self.objective(outputs)
-
-
-class EmaTarget:
-    """Run plugin that moves the EMA target after every optimiser step.
-
-    ϑ ← mϑ + (1−m)θ with m on a cosine schedule from ``momentum`` to
-    ``final_momentum`` (Grill et al., BYOL, 2020, arXiv:2006.07733), using
-    ``torch._foreach_*`` ops: one kernel per group, not one per parameter.
-    """
-
-    def __init__(self, model: JointEmbedding, options: TargetOptions, total_steps: int) -> None:
-        self.model, self.options, self.total_steps = model, options, max(total_steps, 1)
-
-    def momentum(self, step: int) -> float:
-        """m after ``step`` optimiser steps."""
-        start, end = self.options.momentum, self.options.final_momentum
-        if self.options.schedule == "constant":
-            return start
-        return end - (end - start) * (math.cos(math.pi * min(step, self.total_steps) / self.total_steps) + 1) / 2
-
-    @torch.no_grad()
-    def update(self, momentum: float) -> None:
-        """One EMA step for every target parameter; buffers (BN statistics) are copied."""
-        pairs = [(self.model.backbone, self.model.target_backbone)]
-        if self.model.target_projector is not None:
-            pairs.append((self.model.projector, self.model.target_projector))
-        for online, target in pairs:
-            t_params = list(target.parameters())
-            o_params = [p.detach() for p in online.parameters()]
-            torch._foreach_mul_(t_params, momentum)
-            torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
-            t_buffers, o_buffers = list(target.buffers()), list(online.buffers())
-            if t_buffers:
-                torch._foreach_copy_(t_buffers, o_buffers)
-
-    @hookimpl
-    def jef_step_end(self, run: Any, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:
-        momentum = self.momentum(run.step)
-        self.update(momentum)
-        run.log({"target/momentum": momentum})
+__all__ = ["Built", "EmaTarget", "JointEmbedding", "Objective", "build", "build_data", "check"]
 
 
 @attrs.define
@@ -247,23 +111,32 @@ def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Mo
     # Energies and functionals see both widths; ``in_dim`` stays the target's (a queue sizes its buffer with it
     # before any batch, so that a checkpoint can be loaded into it).
     z_ctx = attrs.evolve(ctx, in_dim=target_dim, online_dim=online_dim, target_dim=target_dim)
-    energy = (pipeline.energy.name, _make(pipeline.energy, z_ctx, pipeline, "energy"), pipeline.energy.weight
-              ) if pipeline.energy else None
-    functionals = [(s.name, _make(s, z_ctx, pipeline, f"functionals.{i}"), s.weight)
+    energy = Term(pipeline.energy.name, _make(pipeline.energy, z_ctx, pipeline, "energy"), pipeline.energy.weight
+                  ) if pipeline.energy else None
+    functionals = [Term(s.name, _make(s, z_ctx, pipeline, f"functionals.{i}"), s.weight)
                    for i, s in enumerate(pipeline.functionals)]
     _check_target_maker(pipeline, energy, functionals)
     _check_widths(pipeline, energy, functionals, online_dim, target_dim)
     objective = Objective(energy, functionals)
-    model = JointEmbedding(backbone, projector, predictor, objective, pipeline.target, augmenter.n_global)
+    target = _make_target(pipeline, ctx)
+    model = JointEmbedding(backbone, projector, predictor, objective, target, augmenter.n_global)
     if pipeline.train.sync_bn and ctx.world_size > 1:
         _sync_batch_norm(model)
     monitors = [_make(s, ctx, pipeline, f"monitors.{i}") for i, s in enumerate(pipeline.monitors)]
-    if pipeline.target.name == "ema":
-        monitors.append(EmaTarget(model, pipeline.target, ctx.total_steps))
+    # The target last: a run registers its objects in this order, and pluggy calls the newest first, so the
+    # EMA target moves at a step's end before the other components' and the monitors' jef_step_end.
     components = {"augmenter": augmenter, "backbone": backbone, "projector": projector, "predictor": predictor,
-                  "energy": energy[1] if energy else None,
-                  **{f"functionals.{i}": f for i, (_, f, _) in enumerate(functionals)}}
+                  "energy": energy.module if energy else None,
+                  **{f"functionals.{i}": term.module for i, term in enumerate(functionals)}, "target": target}
     return z_ctx, augmenter, model, monitors, components
+
+
+def _make_target(pipeline: Pipeline, ctx: RunContext) -> Any:
+    """The target maker of ``pipeline.target``."""
+    target = pipeline.target
+    if target.name == "ema":
+        return EmaTarget(target, ctx.total_steps)
+    return StopGradTarget() if target.name == "stopgrad" else SharedTarget()
 
 
 def _out_dim(slot: Slot, head: nn.Module, in_dim: int) -> int:
@@ -306,41 +179,40 @@ def _check_multi_crop(pipeline: Pipeline, augmenter: nn.Module) -> None:
             f"yourself if you know the objective handles local views", path="augmenter", source=pipeline.source)
 
 
-def _check_target_maker(pipeline: Pipeline, energy: tuple[str, nn.Module, float] | None,
-                        functionals: list[tuple[str, nn.Module, float]]) -> None:
+def _check_target_maker(pipeline: Pipeline, energy: Term | None, functionals: list[Term]) -> None:
     """An energy that compares with made targets (distributions) needs a functional that makes them."""
-    if energy is None or not getattr(energy[1], "needs_target_maker", False):
+    if energy is None or not getattr(energy.module, "needs_target_maker", False):
         return
-    if not any(callable(getattr(module, "targets", None)) for _, module, _ in functionals):
+    if not any(callable(getattr(term.module, "targets", None)) for term in functionals):
         raise ConfigError(
-            f"energy {energy[0]!r} compares the online outputs with target distributions, but no functional makes "
+            f"energy {energy.name!r} compares the online outputs with target distributions, but no functional makes "
             f"targets (a functional with a `targets` method, e.g. Sinkhorn codes or centred teacher "
             f"probabilities); add one under `functionals:`", path="energy", source=pipeline.source)
 
 
-def _check_widths(pipeline: Pipeline, energy: tuple[str, nn.Module, float] | None,
-                  functionals: list[tuple[str, nn.Module, float]], online_dim: int, target_dim: int) -> None:
+def _check_widths(pipeline: Pipeline, energy: Term | None, functionals: list[Term], online_dim: int,
+                  target_dim: int) -> None:
     """The energy compares online outputs with target embeddings: when their widths differ, ask it now.
 
     One call on two random rows of each width (CPU, no gradient): an energy that compares embeddings of different
     widths on purpose passes; one that cannot fails here, naming both YAML paths, rather than at the first step.
     Skipped when a functional makes the targets (it changes what the energy compares).
     """
-    if energy is None or online_dim == target_dim or any(callable(getattr(module, "targets", None))
-                                                         for _, module, _ in functionals):
+    if energy is None or online_dim == target_dim or any(callable(getattr(term.module, "targets", None))
+                                                         for term in functionals):
         return
     generator = torch.Generator().manual_seed(0)  # not the global RNG: checking must not change the run
     a, b = torch.randn(2, online_dim, generator=generator), torch.randn(2, target_dim, generator=generator)
     try:
         with torch.no_grad():
-            energy[1](a, b)
+            energy.module(a, b)
     except Exception as error:
         (slot, online), (_, target) = _width_path(pipeline, online=True), _width_path(pipeline, online=False)
         detail = (str(error).strip().splitlines() or [""])[0]
         advice = f"set {online} to {target_dim}" if online != slot else f"make {slot}'s output {target_dim} wide"
         raise ConfigError(
             f"the online output is {online_dim} wide ({online}) but the target embedding is {target_dim} wide "
-            f"({target}), and energy {energy[0]!r} cannot compare them ({type(error).__name__}: {detail}); "
+            f"({target}), and energy {energy.name!r} cannot compare them ({type(error).__name__}: {detail}); "
             f"{advice}, the width of {target}", path=slot, source=pipeline.source) from error
 
 
@@ -367,21 +239,3 @@ def _make(slot: Slot, ctx: RunContext, pipeline: Pipeline, path: str) -> Any:
         where = ": ".join(part for part in (pipeline.source, path) if part)
         raise BuildError(f"{where}: building {slot.kind} {slot.name!r} from plugin "
                          f"{slot.entry.provenance} failed: {type(error).__name__}: {error}") from error
-
-
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    copied = copy.deepcopy(module)
-    for parameter in copied.parameters():
-        parameter.requires_grad_(False)
-    return copied
-
-
-def _unique(names: list[str]) -> list[str]:
-    """``['variance', 'variance']`` -> ``['variance', 'variance.1']`` so log keys never collide."""
-    seen: dict[str, int] = {}
-    result = []
-    for name in names:
-        count = seen.get(name, 0)
-        result.append(name if count == 0 else f"{name}.{count}")
-        seen[name] = count + 1
-    return result

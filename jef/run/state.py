@@ -43,7 +43,6 @@ class Run:
     epoch: int = 0
     batch_in_epoch: int = 0
     pending: dict[str, float] = attrs.field(factory=dict)
-    history: list[dict[str, float]] = attrs.field(factory=list)
     stop_reason: str | None = None
     checkpoint_step: int | None = None  # the step of the last checkpoint written (or resumed from)
     skipped_steps: int = 0  # steps dropped for a non-finite loss (train.on_nonfinite: skip)

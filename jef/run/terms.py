@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jef.components import StepResult
+
 __all__ = ["EpochTerms", "StepTerms", "on_host", "step_terms"]
 
 
@@ -59,18 +61,18 @@ class StepTerms(Mapping[str, float]):
         return f"StepTerms({shown})"
 
 
-def step_terms(result: Mapping[str, Any], accumulated: Tensor, accelerator: Any) -> StepTerms:
+def step_terms(result: StepResult, accumulated: Tensor, accelerator: Any) -> StepTerms:
     """The terms of the step that ``result`` (the last micro-batch's ``jef_train_step`` result) ends.
 
     ``loss`` is the accumulated sum over the optimiser step's micro-batches when that sum is non-finite, so that
     a NaN in an earlier micro-batch stays visible; otherwise the last micro-batch's loss, like the other terms.
     Everything stays on the device (``torch.where``, no sync).
     """
-    loss = result["loss"].detach().float()
+    loss = result.loss.detach().float()
     accumulated = accumulated.detach().float()
     loss = torch.where(torch.isfinite(accumulated), loss, accumulated)
-    names = ["loss", *result["terms"]]
-    values = torch.stack([loss, *(value.detach().float().reshape(()) for value in result["terms"].values())])
+    names = ["loss", *result.terms]
+    values = torch.stack([loss, *(value.detach().float().reshape(()) for value in result.terms.values())])
     return StepTerms(names, values, accelerator)
 
 

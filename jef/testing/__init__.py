@@ -6,6 +6,9 @@
 * :func:`tiny_run` -- the real training loop on CPU on tiny synthetic images,
   recording which hooks were called.
 * :func:`temporary_plugin` -- add a plugin to loaded plugins for a ``with`` block.
+* :func:`build_objective`, :func:`build_pipeline` -- a pipeline's objective, or everything a run builds,
+  made by the registered factories (:mod:`jef.testing.building`); :class:`Objective` and :class:`Term`
+  for objectives assembled from modules a test made.
 * :func:`run_in_processes`, :func:`train_in_processes`, :func:`record_runs` -- jobs, tiny runs and recorded
   tiny runs in several gloo processes (:mod:`jef.testing.distributed`).
 * Contract checks (:mod:`jef.testing.contracts`): :func:`check_energy`,
@@ -31,7 +34,8 @@ import attrs
 from jef.config import CORE_DEFAULTS, merge, resolve
 from jef.hookspecs import hookimpl
 from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
-from jef.registry import closest
+from jef.names import closest
+from jef.testing.building import Objective, Term, build_objective, build_pipeline
 from jef.testing.contracts import ContractError, build_component, check_component, check_energy, check_functional
 from jef.testing.distributed import record_runs, run_in_processes, train_in_processes
 from jef.testing.faults import train_killed_at
@@ -40,6 +44,10 @@ from jef.testing.module_contracts import check_augmenter, check_backbone, check_
 
 __all__ = [
     "LEARNING_SETTINGS",
+    "Objective",
+    "Term",
+    "build_objective",
+    "build_pipeline",
     "assert_discovered",
     "assert_learns",
     "installed_plugins",

@@ -11,8 +11,10 @@ from jef.builtin.energies import CosineEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
 from jef.run.optim import build_optimizer
-from jef.model.build import EmaTarget, Objective, build
-from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
+from jef.testing import (
+    LEARNING_SETTINGS, Objective, TINY_SETTINGS, assert_discovered, assert_learns, build_pipeline,
+    installed_plugins, tiny_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +70,8 @@ def small(plugins, **overrides):
     data = merge({"method": "byol", **TINY_SETTINGS, "predictor": {"dims": [32, 16]}}, overrides)
     pipeline = resolve(data, registry=plugins.registry)
     torch.manual_seed(0)
-    built = build(pipeline, RunContext(batch_size=8, global_batch_size=8, total_steps=10))
-    updater = next(m for m in built.monitors if isinstance(m, EmaTarget))
+    built = build_pipeline(plugins, pipeline, RunContext(batch_size=8, global_batch_size=8, total_steps=10))
+    updater = built.components["target"]
     return pipeline, built.model.train(), built.augmenter, updater
 
 

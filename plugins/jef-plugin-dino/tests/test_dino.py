@@ -11,8 +11,10 @@ from jef_plugin_dino.centering import Centering, teacher_temperature
 from jef.builtin.energies import CrossEntropyEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
-from jef.model.build import Objective, build
-from jef.testing import TINY_SETTINGS, assert_discovered, build_component, check_functional, run_in_processes
+from jef.testing import (
+    Objective, TINY_SETTINGS, assert_discovered, build_component, build_pipeline, check_functional,
+    run_in_processes,
+)
 from jef.config.validate import ConfigError
 
 
@@ -199,7 +201,7 @@ def test_bad_options_name_their_key(plugins, override, path, words):
         data = merge({"method": "dino", **TINY_SETTINGS, "projector": {"name": "dino_head", "out_dim": 16}},
                      override)
         pipeline = resolve(data, registry=plugins.registry)
-        build(pipeline, RunContext())
+        build_pipeline(plugins, pipeline, RunContext())
     assert caught.value.path == path and words in str(caught.value), str(caught.value)
 
 
@@ -208,7 +210,7 @@ def test_a_teacher_warm_up_longer_than_the_run_is_refused(plugins):
             "functionals": [{"name": "centering", "warmup_teacher_temperature_epochs": 30}]}
     pipeline = resolve(data, registry=plugins.registry)
     with pytest.raises(RuntimeError, match=r"warmup_teacher_temperature_epochs=30 is longer than the run's 10 "):
-        build(pipeline, RunContext(epochs=10))
+        build_pipeline(plugins, pipeline, RunContext(epochs=10))
 
 
 def test_a_teacher_of_another_width_is_explained():

@@ -11,8 +11,7 @@ from jef_plugin_dino.head import DinoHead
 from jef.components import RunContext
 from jef.config import merge, resolve
 from jef.run.optim import build_optimizer
-from jef.model.build import EmaTarget, build
-from jef.testing import TINY_SETTINGS, build_component, check_head
+from jef.testing import TINY_SETTINGS, build_component, build_pipeline, check_head
 
 
 def test_head_passes_the_contract_and_normalises_its_bottleneck(plugins):
@@ -53,8 +52,8 @@ def _small(plugins, **overrides):
                  overrides)
     pipeline = resolve(data, registry=plugins.registry)
     torch.manual_seed(0)
-    built = build(pipeline, RunContext(batch_size=8, global_batch_size=8, total_steps=10))
-    updater = next(m for m in built.monitors if isinstance(m, EmaTarget))
+    built = build_pipeline(plugins, pipeline, RunContext(batch_size=8, global_batch_size=8, total_steps=10))
+    updater = built.components["target"]
     return pipeline, built.model.train(), built.augmenter, updater
 
 

@@ -12,8 +12,8 @@ from jef_plugin_moco.v3 import MocoV3InfoNCE
 from jef.builtin.energies import ScaledCosineEnergy
 from jef.components import Branch, StepOutputs
 from jef.config import merge, resolve
-from jef.model.build import Objective
 from jef.testing import (
+    Objective,
     LEARNING_SETTINGS,
     assert_discovered,
     assert_learns,

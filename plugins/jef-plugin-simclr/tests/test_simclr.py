@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from jef.components import Branch, RunContext, StepOutputs
+from jef.components import Branch, StepOutputs
 from jef.config import resolve
-from jef.model.build import Objective
-from jef.testing import assert_discovered, installed_plugins, tiny_run
+from jef.testing import assert_discovered, build_objective, installed_plugins, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +48,8 @@ def nt_xent_reference(z1: torch.Tensor, z2: torch.Tensor, temperature: float) ->
 
 
 def test_simclr_objective_equals_nt_xent(plugins):
-    pipeline = resolve({"method": "simclr", "energy": {"temperature": 0.3},
-                        "functionals": [{"name": "info_nce", "temperature": 0.3}]}, registry=plugins.registry)
-    ctx = RunContext()
-    energy = pipeline.energy.entry.factory(pipeline.energy.options, ctx)
-    functional = pipeline.functionals[0].entry.factory(pipeline.functionals[0].options, ctx)
-    objective = Objective(("scaled_cosine", energy, 1.0), [("info_nce", functional, 1.0)])
+    objective = build_objective(plugins, {"method": "simclr", "energy": {"temperature": 0.3},
+                                          "functionals": [{"name": "info_nce", "temperature": 0.3}]})
     generator = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
     branch = Branch(h=[z1, z2], z=[z1, z2])
@@ -72,15 +67,12 @@ def test_multi_crop_simclr_contrasts_local_views_with_the_global_candidates(plug
     local = {"method": "simclr", "augmenter": {"n_local": 2, "local_size": 8}, "eval": {"knn": {"enabled": False}}}
     result = tiny_run(local, steps=2, plugins=plugins)
     assert math.isfinite(result.metrics["loss"])
-    pipeline = resolve({"method": "simclr", "energy": {"temperature": 0.5},
-                        "functionals": [{"name": "info_nce", "temperature": 0.5}]}, registry=plugins.registry)
-    ctx = RunContext()
-    energy = pipeline.energy.entry.factory(pipeline.energy.options, ctx)
-    functional = pipeline.functionals[0].entry.factory(pipeline.functionals[0].options, ctx)
+    objective = build_objective(plugins, {"method": "simclr", "energy": {"temperature": 0.5},
+                                          "functionals": [{"name": "info_nce", "temperature": 0.5}]})
     generator = torch.Generator().manual_seed(1)
     views = [torch.randn(4, 3, generator=generator, dtype=torch.float64) for _ in range(3)]  # 2 global, 1 local
     branch = Branch(h=views, z=views)
-    loss, _, _ = Objective(("scaled_cosine", energy, 1.0), [("info_nce", functional, 1.0)])(
+    loss, _, _ = objective(
         StepOutputs(online=branch, target=Branch(h=views[:2], z=views[:2]), n_global=2))
     cos = torch.nn.functional.cosine_similarity
     # Energy: pairs (0,1), (1,0), (2,0), (2,1); the local view is an anchor, never a target.

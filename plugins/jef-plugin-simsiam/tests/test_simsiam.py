@@ -11,8 +11,10 @@ from jef.builtin.energies import CosineEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
 from jef.evaluate.collapse import CollapseWarning
-from jef.model.build import Objective, build
-from jef.testing import LEARNING_SETTINGS, TINY_SETTINGS, assert_discovered, assert_learns, installed_plugins, tiny_run
+from jef.testing import (
+    LEARNING_SETTINGS, Objective, TINY_SETTINGS, assert_discovered, assert_learns, build_pipeline,
+    installed_plugins, tiny_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def small_model(plugins, **overrides):
     data = merge({"method": "simsiam", **TINY_SETTINGS, "predictor": {"dims": [8, 16]}}, overrides)
     pipeline = resolve(data, registry=plugins.registry)
     torch.manual_seed(0)
-    built = build(pipeline, RunContext(batch_size=8, global_batch_size=8))
+    built = build_pipeline(plugins, pipeline, RunContext(batch_size=8, global_batch_size=8))
     return built.model.train(), built.augmenter
 
 

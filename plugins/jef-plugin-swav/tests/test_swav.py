@@ -11,8 +11,8 @@ from jef_plugin_swav import SinkhornAssignment
 from jef.builtin.energies import CrossEntropyEnergy
 from jef.components import Branch, RunContext, StepOutputs
 from jef.config import merge, resolve
-from jef.model.build import Objective
 from jef.testing import (
+    Objective,
     assert_discovered,
     assert_learns,
     build_component,

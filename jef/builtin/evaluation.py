@@ -1,0 +1,60 @@
+"""Built-in run plugin: the ``eval:`` protocols when a run ends, and the random-backbone kNN baseline.
+
+The loop knows nothing of evaluation: it registers a :class:`RunEvaluation` with the run's other objects
+(pytest's stepwise plugin is registered the same way), and the plugin adds its results to the final
+metrics in ``jef_run_end``, before any other plugin's ``jef_run_end`` reads them. A run stopped by a signal
+never reaches ``jef_run_end``, so it is not evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from jef.evaluate.knn import knn_evaluate
+from jef.evaluate.protocols import evaluate_backbone, write_evaluation
+from jef.hookspecs import hookimpl
+
+__all__ = ["RunEvaluation"]
+
+
+class RunEvaluation:
+    """Evaluates a run's backbone with the protocols its pipeline enables (labelled data only).
+
+    Args:
+        pipeline: The run's pipeline (``eval:`` says what runs).
+        backbone: The backbone as built, before training or a checkpoint changes it: with
+            ``eval.knn.baseline`` a copy is kept, and its kNN accuracy is the run's ``knn_top1_random``.
+    """
+
+    def __init__(self, pipeline: Any, backbone: nn.Module) -> None:
+        self.pipeline = pipeline
+        self.random_backbone = copy.deepcopy(backbone) if pipeline.eval.knn.baseline else None
+        self.baseline: float | None = None
+
+    @hookimpl(tryfirst=True)
+    def jef_run_start(self, run: Any) -> None:
+        """The random backbone's kNN accuracy, before any step (it needs only the frozen copy)."""
+        if self.random_backbone is None:
+            return
+        options = self.pipeline.eval.knn
+        backbone, self.random_backbone = self.random_backbone.to(run.accelerator.device), None
+        self.baseline = knn_evaluate(backbone, run.splits, run.augmenter.eval_view, k=options.k,
+                                     temperature=options.temperature, batch_size=options.batch_size,
+                                     device=run.accelerator.device)
+
+    @hookimpl(tryfirst=True)
+    def jef_run_end(self, run: Any, metrics: dict[str, float]) -> None:
+        """Add the baseline and the ``eval:`` protocols' results to ``metrics``; write ``evaluation.json``."""
+        if self.baseline is not None:
+            metrics["knn_top1_random"] = self.baseline
+        splits = run.splits
+        if not (splits.labelled and splits.test is not None):
+            return
+        results = evaluate_backbone(run.unwrapped_model.backbone, splits, run.augmenter.eval_view,
+                                    self.pipeline.eval, run.accelerator.device, seed=self.pipeline.seed)
+        metrics.update({result.key: result.value for result in results})
+        if run.directory is not None and results:
+            write_evaluation(run.directory, results, step=run.step)

@@ -1,0 +1,146 @@
+"""The joint-embedding model and its objective.
+
+The objective of a step (see the concepts page)::
+
+    L = w_D · mean_(a,b) mean_n D(p_a^n, t_b^n)  +  Σ_k w_k · F_k(outputs)
+
+with ``p_a`` the online output of view ``a``, ``t_b`` the target embedding of
+global view ``b`` and (a, b) every ordered pair of distinct views. The energy
+term is averaged (not summed) over pairs so that its scale does not depend on
+the number of views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from jef.components import Branch, StepOutputs, StepResult, Term
+from jef.model.targets import SharedTarget, Target
+
+__all__ = ["JointEmbedding", "Objective"]
+
+
+class Objective(nn.Module):
+    """``w_D · mean over pairs of D`` plus the weighted functionals, with every term reported.
+
+    Args:
+        energy: The energy term, or None for an objective made of functionals only.
+        functionals: The functional terms, in pipeline order (target makers run in this order). Two
+            functionals of one name are logged as ``name`` and ``name.1``.
+    """
+
+    def __init__(self, energy: Term | tuple[str, nn.Module, float] | None,
+                 functionals: Sequence[Term | tuple[str, nn.Module, float]]) -> None:
+        super().__init__()
+        energy = Term(*energy) if energy is not None else None
+        terms = [Term(*term) for term in functionals]
+        self.energy = energy.module if energy else None
+        self.energy_name, self.energy_weight = (energy.name, energy.weight) if energy else ("", 0.0)
+        self.functionals = nn.ModuleList(term.module for term in terms)
+        self.functional_names = _unique([term.name for term in terms])
+        self.functional_weights = [term.weight for term in terms]
+
+    def forward(self, out: StepOutputs) -> StepResult:
+        """The loss, its named terms (unweighted, for logging) and the outputs with the made targets."""
+        for functional in self.functionals:
+            if callable(getattr(functional, "targets", None)):
+                out = functional.targets(out)
+        terms: dict[str, Tensor] = {}
+        loss: Tensor | None = None
+        if self.energy is not None:
+            value = self.energy_term(out)
+            terms[f"energy/{self.energy_name}"] = value
+            loss = self.energy_weight * value
+        for name, functional, weight in zip(self.functional_names, self.functionals, self.functional_weights,
+                                            strict=True):
+            result = functional(out)
+            parts = result if isinstance(result, dict) else {"": result}
+            for key, value in parts.items():
+                terms[f"{name}/{key}" if key else name] = value
+                loss = weight * value if loss is None else loss + weight * value
+        if loss is None:
+            raise ValueError("the objective has no term: the energy is missing and every functional returned "
+                             "an empty dict; add an energy or a functional that returns a loss")
+        return StepResult(loss, terms, out)
+
+    def energy_term(self, out: StepOutputs) -> Tensor:
+        """The energy's mean over every ordered pair (a, b) of distinct views, b a global view.
+
+        A ``symmetric`` energy (D(x, y) = D(y, x)) is evaluated once for a pair and its mirror when both
+        sides are the same tensors, as they are with a shared target and no predictor: D(p_a, t_b) is then
+        D(z_a, z_b) = D(z_b, z_a) = D(p_b, t_a). The mirrored pair reuses the value, so the mean (and its
+        gradient) is what evaluating every pair gives, at half the cost for two views.
+        """
+        online, target = out.online.out, out.target.z
+        pairs = [(a, b) for a in range(len(online)) for b in range(len(target)) if a != b]
+        if not pairs:
+            raise ValueError("energy: no view pairs; the augmenter must make at least 2 views")
+        symmetric = bool(getattr(self.energy, "symmetric", False))
+        values: dict[tuple[int, int], Tensor] = {}
+        for a, b in pairs:
+            mirrored = symmetric and (b, a) in values and online[a] is target[a] and online[b] is target[b]
+            values[a, b] = values[b, a] if mirrored else self.energy(online[a], target[b]).mean()
+        return torch.stack([values[pair] for pair in pairs]).mean()
+
+
+class JointEmbedding(nn.Module):
+    """Online branch (backbone → projector → optional predictor), target branch and objective.
+
+    Views of equal size go through the backbone in one call per resolution.
+
+    Args:
+        backbone: Maps images to representations ``h``.
+        projector: Maps ``h`` to embeddings ``z`` (None: ``z = h``).
+        predictor: Maps ``z`` to the online output ``p`` (asymmetric methods), or None.
+        objective: The loss of a step.
+        target: The target maker (``target:`` in the pipeline; default: the shared online branch). It is
+            attached here: an EMA target adds ``target_backbone`` and ``target_projector``.
+        n_global: Views ``[0, n_global)`` are global; targets are made from them only.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module | None, predictor: nn.Module | None,
+                 objective: Objective, target: Target | None = None, n_global: int = 2) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector if projector is not None else nn.Identity()
+        self.predictor = predictor
+        self.objective = objective
+        self.n_global = n_global
+        self.target = target if target is not None else SharedTarget()
+        self.shuffle_bn = bool(getattr(self.target, "shuffle_bn", False))
+        self.target.attach(self)
+
+    def encode(self, views: list[Tensor], backbone: nn.Module, projector: nn.Module | None) -> Branch:
+        """Run views through a backbone (one call per resolution) and a projector."""
+        h: list[Tensor | None] = [None] * len(views)
+        for shape in dict.fromkeys(v.shape[-2:] for v in views):
+            chosen = [i for i, v in enumerate(views) if v.shape[-2:] == shape]
+            outputs = backbone(torch.cat([views[i] for i in chosen])).chunk(len(chosen))
+            for i, out in zip(chosen, outputs, strict=True):
+                h[i] = out
+        hs = [x for x in h if x is not None]
+        z = [projector(x) for x in hs] if projector is not None else hs
+        return Branch(h=hs, z=z)
+
+    def forward(self, views: list[Tensor], indices: Tensor | None = None) -> StepResult:
+        """Both branches and the objective."""
+        online = self.encode(views, self.backbone, self.projector)
+        if self.predictor is not None:
+            online = attrs.evolve(online, p=[self.predictor(z) for z in online.z])
+        target = self.target.embed(self, views, online)
+        return self.objective(StepOutputs(online=online, target=target, n_global=self.n_global, indices=indices))
+
+
+def _unique(names: list[str]) -> list[str]:
+    """``['variance', 'variance']`` -> ``['variance', 'variance.1']`` so log keys never collide."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name, 0)
+        result.append(name if count == 0 else f"{name}.{count}")
+        seen[name] = count + 1
+    return result
