@@ -13,6 +13,7 @@ import jef
 from jef.plugins import load_plugins
 from jef.registry import BuildError, RegistryError
 from jef.config.validate import ConfigError
+from jef.run.checkpoint import CheckpointError
 
 
 def _split_plugin_files(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -115,7 +116,8 @@ def _main(argv: list[str] | None) -> int:
     args.plugins = plugins
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, RegistryError, FileNotFoundError) as error:  # notes: the plugin and hook that raised it
+    # A bad pipeline, name, file or checkpoint: the message says what to do. Notes: the plugin and hook that raised it.
+    except (ConfigError, CheckpointError, RegistryError, FileNotFoundError) as error:
         print(f"jef: error: {error}", *getattr(error, "__notes__", ()), sep="\n", file=sys.stderr)
         return 2
     except FloatingPointError as error:  # a diverged run: the message says what to try

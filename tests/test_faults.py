@@ -282,6 +282,7 @@ def test_jef_train_resume_from_an_unusable_checkpoint_prints_the_error_and_touch
     assert len(lines) == 1 and lines[0].startswith(f"jef: error: {checkpoint}: cannot be read: truncated or corrupt")
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
+
 def test_an_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(3)}, "step": 1})

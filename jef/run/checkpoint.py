@@ -20,7 +20,6 @@ import torch
 
 from jef.files import atomic_write
 from jef.run.faults import check_finite_state, sync_point
-from jef.config.validate import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -33,11 +32,20 @@ RESUME_MAY_CHANGE = ("run_dir", "eval", "train.epochs", "train.max_steps", "trai
 _RUN_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng")
 
 
-class CheckpointError(ConfigError):
+class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: unreadable, not jef's, or written by a different pipeline.
 
-    The message names the file and says what to do.
+    The message names the file and says what to do. Not a :class:`~jef.config.validate.ConfigError`: the
+    pipeline may be valid and the file the problem (and a ``ValueError`` handler meant for bad values should not
+    take it for one). The command line prints it as an error (``jef: error: ...``, no traceback), exit status 2.
+
+    Attributes:
+        source: The checkpoint file the message is about ("" when none is named).
     """
+
+    def __init__(self, message: str, *, source: str = "") -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)
 
 
 class CheckpointWriteError(CheckpointError):
