@@ -1,8 +1,11 @@
 """jef: the joint-embedding framework for self-supervised learning.
 
-Public API: :data:`hookimpl` for plugin authors, :func:`load_pipeline` and
-:func:`run` for programmatic use. Importing jef loads no plugins; discovery is
-explicit (:func:`jef.plugins.get_plugin_manager`).
+Public API: :data:`hookimpl` for plugin authors (the hooks are in :mod:`jef.hookspecs`; plugins import
+only ``jef``, :mod:`jef.components`, :mod:`jef.dist`, :mod:`jef.functional` and :mod:`jef.testing`);
+:func:`load_pipeline` and ``jef.run(pipeline, ...)`` for programmatic use (``jef.run`` is the run package,
+callable as :func:`jef.run.loop.train`). Importing jef loads no plugins; discovery is explicit
+(:func:`jef.plugins.load_plugins`, or :func:`jef.plugins.get_plugins` for the process-wide set, loaded once).
+Modules that moved with layout v2 keep their old import paths for one release (:mod:`jef.moved`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ def load_pipeline(path: Any, overrides: list[str] | None = None) -> Pipeline:
         overrides: ``key.path=value`` strings applied last.
     """
     from jef.config import load_pipeline as _load
+    from jef.plugins import get_plugins
 
-    return _load(path, overrides or [])
+    return _load(path, overrides or [], registry=get_plugins().registry)
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,9 @@ import pluggy
 
 import jef.builtin
 from jef import hookspecs
-from jef.registry import KINDS, Provenance, Registry, closest
+from jef.config import read_yaml
+from jef.names import closest
+from jef.registry import KINDS, Provenance, Registry
 
 ENTRY_POINT_GROUP = "jef"
 
@@ -79,7 +81,7 @@ def load_plugins(*, builtins: bool = True, entry_points: bool = True,
         files: Paths of one-off plugin modules (``--plugin file.py``).
         extra: ``(name, plugin_object)`` pairs registered as they are (tests).
     """
-    plugins = Plugins(new_manager(), Registry(), {})
+    plugins = Plugins(new_manager(), Registry(read_recipe=read_yaml), {})
     if builtins:
         # Every module of jef.builtin is a built-in plugin: adding one never means editing this file.
         for module in sorted(info.name for info in pkgutil.iter_modules(jef.builtin.__path__)):

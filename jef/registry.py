@@ -8,7 +8,6 @@ providers, and ``plugin:name`` picks one.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import attrs
 
 from jef.components import NoOptions
+from jef.names import closest
 
 #: Kinds of component, each with its registration hook ``jef_register_<kind>s``
 #: (``heads`` and ``energies`` spelt as such).
@@ -97,17 +97,18 @@ class Entry:
         return f"{self.provenance.plugin}:{self.name}"
 
 
-def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
-    """The closest valid choice to a misspelt word, or None."""
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
 class Registry:
-    """The table of every registered component, by kind and name."""
+    """The table of every registered component, by kind and name.
 
-    def __init__(self) -> None:
+    Args:
+        read_recipe: Reads a method recipe given as a file (``register(name, Path("recipe.yaml"))``); the plugin
+            machinery passes :func:`jef.config.read_yaml`. The table itself reads no files, so that the pipeline
+            layer (:mod:`jef.config`), which looks names up in it, sits above it.
+    """
+
+    def __init__(self, *, read_recipe: Callable[[Path], Any] | None = None) -> None:
         self._entries: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
+        self._read_recipe = read_recipe
 
     # -- filling -----------------------------------------------------------
 
@@ -117,7 +118,7 @@ class Registry:
 
             def register_method(name: str, recipe: Mapping[str, Any] | Path | str, *,
                                 description: str = "", paper: str = "", multi_crop: bool = False) -> None:
-                self._add(Entry("method", name, _load_recipe(recipe, name, provenance), NoOptions,
+                self._add(Entry("method", name, self._load_recipe(recipe, name, provenance), NoOptions,
                                 description, paper, provenance, {"multi_crop": bool(multi_crop)}))
 
             return register_method
@@ -152,6 +153,24 @@ class Registry:
             raise ValueError(f"plugin {entry.provenance.plugin} registered {entry.kind} "
                              f"{entry.name!r} twice")
         same.append(entry)
+
+    def _load_recipe(self, recipe: Mapping[str, Any] | Path | str, name: str,
+                     provenance: Provenance) -> dict[str, Any]:
+        """A method recipe as a plain dict, read from YAML when given a path."""
+        if isinstance(recipe, Mapping):
+            return dict(recipe)
+        path = Path(recipe)
+        if self._read_recipe is None:
+            raise ValueError(f"plugin {provenance.plugin}: method {name!r}: cannot read recipe {path}: this registry "
+                             f"reads no files; make it with Registry(read_recipe=jef.config.read_yaml), or register "
+                             f"the recipe as a mapping")
+        try:
+            data = self._read_recipe(path)
+        except ValueError as error:  # a ConfigError naming the file, the line and the problem
+            raise ValueError(f"plugin {provenance.plugin}: method {name!r}: cannot read recipe: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"plugin {provenance.plugin}: method {name!r}: recipe {path} must be a mapping")
+        return data
 
     def remove_plugin(self, plugin: str) -> None:
         """Forget everything one plugin registered (when it is unloaded)."""
@@ -207,19 +226,3 @@ def _check_kind(kind: str) -> str:
                             + f" (kinds: {', '.join(KINDS)})")
     return kind
 
-
-def _load_recipe(recipe: Mapping[str, Any] | Path | str, name: str,
-                 provenance: Provenance) -> dict[str, Any]:
-    """A method recipe as a plain dict, read from YAML when given a path."""
-    if isinstance(recipe, Mapping):
-        return dict(recipe)
-    from jef.config import read_yaml  # config imports this module
-
-    path = Path(recipe)
-    try:
-        data = read_yaml(path)
-    except ValueError as error:  # a ConfigError naming the file, the line and the problem
-        raise ValueError(f"plugin {provenance.plugin}: method {name!r}: cannot read recipe: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"plugin {provenance.plugin}: method {name!r}: recipe {path} must be a mapping")
-    return data

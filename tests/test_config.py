@@ -289,11 +289,12 @@ def test_values_that_would_fail_when_the_optimiser_is_built_are_refused_up_front
 
 
 def test_a_method_recipe_file_is_read_like_a_pipeline(tmp_path):
+    from jef.config import read_yaml
     from jef.registry import Provenance, Registry
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("energy: {name: mse}\nenergy: {name: cosine}\n")
-    register = Registry().register_callable("method", Provenance("myplugin"))
+    register = Registry(read_recipe=read_yaml).register_callable("method", Provenance("myplugin"))
     with pytest.raises(ValueError) as error:
         register("mine", recipe)
     assert str(error.value).startswith(f"plugin myplugin: method 'mine': cannot read recipe: {recipe}: invalid YAML "

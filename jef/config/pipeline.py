@@ -24,6 +24,7 @@ from jef.config.options import EvalOptions, TargetOptions, TrainOptions
 from jef.config.overrides import apply_overrides
 from jef.config.validate import ConfigError, build_options, describe, join, short, to_plain
 from jef.config.yaml import check_size, read_yaml
+from jef.names import closest
 from jef.registry import Entry, Registry, RegistryError
 
 #: Single-component slots and the registry kind they draw from.
@@ -118,8 +119,7 @@ class Pipeline:
 
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None, *,
-                  registry: Registry | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, overrides: list[str] | None = None, *, registry: Registry) -> Pipeline:
     """Read, merge and validate a pipeline file. See :func:`resolve`."""
     data = read_yaml(path)
     if not data and not overrides:
@@ -129,16 +129,19 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, *,
 
 
 def resolve(user: Mapping[str, Any], overrides: list[str] | None = None, *, source: str = "<pipeline>",
-            registry: Registry | None = None) -> Pipeline:
+            registry: Registry) -> Pipeline:
     """Merge core defaults, the method recipe, the user's data and overrides, then validate.
+
+    Args:
+        user: The user's pipeline as plain data.
+        overrides: ``key.path=value`` strings applied last.
+        source: The file (or a description) named in errors.
+        registry: The name table to look components up in, e.g. ``jef.plugins.get_plugins().registry`` (the
+            pipeline layer loads no plugins itself; :func:`jef.load_pipeline` uses the process-wide ones).
 
     Raises:
         ConfigError: anything invalid, with ``source`` and the YAML path named.
     """
-    if registry is None:
-        from jef.plugins import get_plugins
-
-        registry = get_plugins().registry
     try:
         if not isinstance(user, Mapping):
             raise ConfigError(f"a pipeline must be a mapping of slots such as `method: simclr`, got {describe(user)}")
@@ -221,8 +224,6 @@ def _slot(registry: Registry, kind: str, data: Any, path: str, weighted: bool) -
 def _validate(data: dict[str, Any], method: Entry | None, registry: Registry, source: str) -> Pipeline:
     for key in data:
         if key not in TOP_LEVEL:
-            from jef.registry import closest
-
             hint = closest(key, list(TOP_LEVEL)) if isinstance(key, str) else None
             raise ConfigError(f"unknown key {short(key)}" + (f"; did you mean {hint!r}?" if hint else "")
                               + f" (valid keys: {', '.join(TOP_LEVEL)})", path=join("", key))

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from jef.registry import closest
+from jef.names import closest
 
 
 class ConfigError(ValueError):
