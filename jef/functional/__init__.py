@@ -1,9 +1,18 @@
-"""Pure tensor functions: similarities, energies and contrastive losses.
+"""Pure tensor functions: similarities, energies and the batch-level losses built from them.
 
-No state, no distributed communication: the registered components in
-:mod:`jef.builtin.energies` and :mod:`jef.builtin.functionals` wrap these and
-add the gathering over processes. Inputs are ``[N, d]`` embeddings; shapes are
-checked with messages that name the function and the argument.
+No state, no distributed communication: the registered components of
+:mod:`jef.builtin` (and of method plugins) wrap these and add the gathering
+over processes and the state (queues, memory banks). Inputs are ``[N, d]``
+embeddings; shapes are checked with messages that name the function and the
+argument. Each module's docstring holds the paper references of its maths;
+the wrappers point here instead of repeating them:
+
+* :mod:`jef.functional.energies` -- per-sample energies D (cosine, MSE, scaled cosine, soft cross-entropy);
+* :mod:`jef.functional.contrastive` -- InfoNCE, its log-sum-exp denominator, NT-Xent;
+* :mod:`jef.functional.queue` -- MoCo's queue of negatives: the denominator over it and the enqueue;
+* :mod:`jef.functional.nce` -- noise-contrastive estimation over a memory bank, and its momentum update;
+* :mod:`jef.functional.decorrelation` -- VICReg's variance and covariance, Barlow Twins' cross-correlation loss;
+* :mod:`jef.functional.sinkhorn` -- Sinkhorn-Knopp codes (SwAV).
 
 Precision: every function here computes in at least float32, with autocast
 disabled, and returns float32 for float16/bfloat16 inputs (normalisation,
@@ -13,26 +22,7 @@ precision); see the documentation's "Mixed precision" page.
 
 from jef.functional._checks import normalize as l2_normalize
 from jef.functional.contrastive import cosine_similarity_matrix, info_nce, info_nce_denominator, nt_xent
-from jef.functional.energies import cosine_distance, cosine_similarity, mse, scaled_cosine, soft_cross_entropy
-from jef.functional.sinkhorn import sinkhorn_knopp
-
-__all__ = [
-    "cosine_distance",
-    "cosine_similarity",
-    "cosine_similarity_matrix",
-    "info_nce",
-    "info_nce_denominator",
-    "l2_normalize",
-    "mse",
-    "nt_xent",
-    "scaled_cosine",
-    "sinkhorn_knopp",
-    "soft_cross_entropy",
-]
-from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
-
-__all__ += ["full_softmax_loss", "momentum_update", "nce_loss", "nce_normaliser", "nce_posterior"]
-from jef.functional.decorrelation import (  # noqa: E402 - appended after the list above
+from jef.functional.decorrelation import (
     barlow_twins_loss,
     covariance_penalty,
     cross_correlation,
@@ -40,6 +30,35 @@ from jef.functional.decorrelation import (  # noqa: E402 - appended after the li
     off_diagonal,
     variance_hinge,
 )
+from jef.functional.energies import cosine_distance, cosine_similarity, mse, scaled_cosine, soft_cross_entropy
+from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
+from jef.functional.queue import enqueue, queue_info_nce_denominator, random_unit_queue
+from jef.functional.sinkhorn import sinkhorn_knopp
 
-__all__ += ["barlow_twins_loss", "covariance_penalty", "cross_correlation", "cross_correlation_loss", "off_diagonal",
-            "variance_hinge"]
+__all__ = [
+    "barlow_twins_loss",
+    "cosine_distance",
+    "cosine_similarity",
+    "cosine_similarity_matrix",
+    "covariance_penalty",
+    "cross_correlation",
+    "cross_correlation_loss",
+    "enqueue",
+    "full_softmax_loss",
+    "info_nce",
+    "info_nce_denominator",
+    "l2_normalize",
+    "momentum_update",
+    "mse",
+    "nce_loss",
+    "nce_normaliser",
+    "nce_posterior",
+    "nt_xent",
+    "off_diagonal",
+    "queue_info_nce_denominator",
+    "random_unit_queue",
+    "scaled_cosine",
+    "sinkhorn_knopp",
+    "soft_cross_entropy",
+    "variance_hinge",
+]
