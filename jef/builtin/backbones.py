@@ -124,8 +124,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 32, first_stride: int = 2) -> None:
         super().__init__()
-        if in_channels < 1 or width < 1:
-            raise ValueError(f"SmallCNN needs in_channels >= 1 and width >= 1, got {in_channels}, {width}")
+        if in_channels < 1:  # the images' channels (ctx.in_channels), which no option validates
+            raise ValueError(f"small_cnn: in_channels must be >= 1, got {in_channels}")
         layers: list[nn.Module] = []
         channels = in_channels
         for mult in (1, 2, 4, 8):

@@ -96,8 +96,6 @@ class MemoryBank(nn.Module):
                  noise_samples: int = 4096, momentum: float = 0.5, proximal: float = 0.0, *,
                  seed: int = 0) -> None:
         super().__init__()
-        if loss not in ("nce", "softmax"):
-            raise ValueError(f"memory_bank: loss must be 'nce' or 'softmax', got {loss!r}")
         self.size, self.dim, self.temperature, self.loss = int(size), int(dim), float(temperature), loss
         self.noise_samples, self.momentum, self.proximal = int(noise_samples), float(momentum), float(proximal)
         self.seed = int(seed)

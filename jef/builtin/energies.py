@@ -80,8 +80,6 @@ class ScaledCosineEnergy(nn.Module):
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"scaled_cosine: temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
@@ -110,8 +108,6 @@ class CrossEntropyEnergy(nn.Module):
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"cross_entropy: temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:

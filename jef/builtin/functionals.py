@@ -56,8 +56,6 @@ class InfoNCEDenominator(nn.Module):
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"info_nce: temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
 
     def forward(self, out: StepOutputs) -> Tensor:

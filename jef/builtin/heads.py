@@ -77,10 +77,6 @@ class MLPHead(nn.Module):
     def __init__(self, in_dim: int, dims: list[int], *, batch_norm: bool = True,
                  last_batch_norm: bool = False, activation: str = "relu", bias: bool = True) -> None:
         super().__init__()
-        if not dims:
-            raise ValueError("MLPHead needs at least one width in dims (the output width)")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
         layers: list[nn.Module] = []
         width = in_dim
         for hidden in dims[:-1]:

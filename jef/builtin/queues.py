@@ -81,8 +81,6 @@ class QueueInfoNCE(nn.Module):
 
     def __init__(self, temperature: float, size: int, dim: int, seed: int = 0) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"queue_info_nce: temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("queue", random_unit_queue(size, dim, generator))

@@ -97,11 +97,6 @@ class Centering(nn.Module):
     def __init__(self, dim: int, *, center_momentum: float = 0.9, teacher_temperature: float = 0.04,
                  warmup_teacher_temperature: float = 0.04, warmup_teacher_temperature_epochs: int = 0) -> None:
         super().__init__()
-        if not 0.0 <= center_momentum < 1.0:
-            raise ValueError(f"centering: center_momentum must be in [0, 1), got {center_momentum!r}")
-        if not (teacher_temperature > 0 and warmup_teacher_temperature > 0):
-            raise ValueError(f"centering: temperatures must be > 0, got teacher_temperature={teacher_temperature!r}"
-                             f" and warmup_teacher_temperature={warmup_teacher_temperature!r}")
         self.register_buffer("center", torch.zeros(1, dim))
         self.center_momentum = float(center_momentum)
         self.final_temperature = float(teacher_temperature)

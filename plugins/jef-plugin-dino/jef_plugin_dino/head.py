@@ -98,11 +98,6 @@ class DinoHead(nn.Module):
                  n_layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True,
                  freeze_last_layer_epochs: int = 1) -> None:
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"dino_head: n_layers must be >= 1, got {n_layers}")
-        if min(in_dim, out_dim, hidden_dim, bottleneck_dim) < 1:
-            raise ValueError(f"dino_head: widths must be >= 1, got in_dim={in_dim}, out_dim={out_dim}, "
-                             f"hidden_dim={hidden_dim}, bottleneck_dim={bottleneck_dim}")
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(n_layers - 1):
@@ -159,6 +154,8 @@ def build_dino_head(options: DinoHeadOptions, ctx: RunContext) -> DinoHead:
     if ctx.in_dim is None:
         raise ValueError("dino_head needs ctx.in_dim (the backbone's width), but it is None; build heads with "
                          "attrs.evolve(ctx, in_dim=backbone.out_dim)")
+    if ctx.in_dim < 1:  # the backbone's width, which no option validates
+        raise ValueError(f"dino_head: ctx.in_dim must be >= 1, got {ctx.in_dim}")
     return DinoHead(ctx.in_dim, options.out_dim, hidden_dim=options.hidden_dim,
                     bottleneck_dim=options.bottleneck_dim, n_layers=options.n_layers,
                     batch_norm=options.batch_norm, norm_last_layer=options.norm_last_layer,

@@ -59,8 +59,6 @@ class MocoV3InfoNCE(nn.Module):
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"moco_v3_info_nce: temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
 
     def forward(self, out: StepOutputs) -> Tensor:

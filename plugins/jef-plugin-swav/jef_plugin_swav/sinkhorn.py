@@ -97,8 +97,6 @@ class SinkhornAssignment(nn.Module):
                  freeze_prototypes_steps: int = 0, queue_length: int = 0, queue_start_epoch: int = 0,
                  n_global: int = 2) -> None:
         super().__init__()
-        if not epsilon > 0:
-            raise ValueError(f"sinkhorn: epsilon must be > 0, got {epsilon!r}")
         self.epsilon, self.iterations = float(epsilon), int(iterations)
         self.freeze_prototypes_steps, self.queue_start_epoch = int(freeze_prototypes_steps), int(queue_start_epoch)
         self.prototypes = nn.Linear(dim, n_prototypes, bias=False)
