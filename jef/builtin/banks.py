@@ -1,20 +1,21 @@
 """Built-in functionals with a per-sample memory bank indexed by dataset position (InstDisc-style).
 
-``memory_bank`` is the objective of instance discrimination [1]: each training
+``memory_bank`` is the objective of instance discrimination (InstDisc): each training
 image is its own class, represented by a unit vector ``v_i`` kept in a bank of
 ``n`` rows (one per image, indexed by the sample's position in the training
 split). The feature ``v = normalise(z)`` of image ``i`` is trained to pick out
-its own row, with NCE [2] against ``m`` uniformly drawn noise rows
+its own row, with NCE against ``m`` uniformly drawn noise rows
 (``loss: nce``) or with the full softmax over all ``n`` rows
 (``loss: softmax``). After each optimiser step the rows of the step's images
 move towards their new features, ``v_i ← normalise(μ·v_i + (1 − μ)·v)``.
 
-Choices, and where they differ from [1]'s code:
+The maths, and the papers' references, are in :mod:`jef.functional.nce`.
+Choices, and where they differ from InstDisc's code:
 
 * ``Z`` (NCE's normaliser) is estimated once, on the first batch, as
   ``n · mean exp(v_j·v/τ)`` over that batch's noise similarities (averaged
   over processes so that every process uses the same constant), then fixed;
-  [1]'s code does the same (it also includes the data column in the mean,
+  InstDisc's code does the same (it also includes the data column in the mean,
   which makes no difference for large ``m``). ``Z`` is a buffer, so it is
   checkpointed and a resumed run uses the same value.
 * The ``m`` noise rows are drawn once per step and shared by the batch's
@@ -26,11 +27,6 @@ Choices, and where they differ from [1]'s code:
   processes compute what one process computes on the global batch.
 * With several processes the step's indices and features are gathered before
   the update, so every process holds the same bank.
-
-References:
-    [1] Wu, Xiong, Yu, Lin. Unsupervised Feature Learning via Non-Parametric
-        Instance Discrimination (InstDisc). CVPR 2018. arXiv:1805.01978.
-    [2] Gutmann, Hyvärinen. Noise-contrastive estimation. AISTATS 2010.
 """
 
 from __future__ import annotations
@@ -56,7 +52,7 @@ PAPER = ("Wu et al., InstDisc, CVPR 2018, arXiv:1805.01978; "
 
 @attrs.frozen(kw_only=True)
 class MemoryBankOptions:
-    """Options of the ``memory_bank`` functional (defaults: [1]'s ImageNet setting)."""
+    """Options of the ``memory_bank`` functional (defaults: InstDisc's ImageNet setting)."""
 
     size: int | None = attrs.field(
         default=None, validator=v.optional(v.ge(1)),
@@ -75,7 +71,7 @@ class MemoryBankOptions:
 
 
 class MemoryBank(nn.Module):
-    """Instance discrimination against a memory bank of one unit vector per training image [1].
+    """Instance discrimination against a memory bank of one unit vector per training image (InstDisc).
 
     Buffers (in the model's state dict, hence checkpointed and moved with
     ``.to()``): ``bank [n, dim]``, ``normaliser`` (``Z``), ``normaliser_set``
@@ -141,7 +137,7 @@ class MemoryBank(nn.Module):
                                          self.noise_samples) for s, noise_s in similarities]).mean()
         terms = {self.loss: main}
         if self.proximal > 0:
-            # λ‖v_i^(t) − v_i^(t−1)‖² [1, eq. (8)]: the bank row is the previous iteration's feature.
+            # λ‖v_i^(t) − v_i^(t−1)‖² (InstDisc, eq. (8)): the bank row is the previous iteration's feature.
             own = self.bank[indices]
             terms["proximal"] = self.proximal * torch.stack(
                 [(f - own.to(f.dtype)).pow(2).sum(dim=1).mean() for f in features]).mean()
@@ -175,7 +171,7 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def _set_normaliser(self, noise_similarities: Tensor) -> None:
-        """Fix ``Z`` from the first batch, the mean over processes so that all agree [1]."""
+        """Fix ``Z`` from the first batch, the mean over processes so that all agree (as InstDisc's code)."""
         z = nce_normaliser(noise_similarities, self.temperature, self.size).reshape(1)
         self.normaliser.copy_(dist.all_reduce_mean(z).reshape(()))
         self.normaliser_set.fill_(True)
@@ -193,7 +189,7 @@ class MemoryBank(nn.Module):
 
     @hookimpl
     def jef_step_end(self, run: Any, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:
-        """After the optimiser step: the momentum update of the step's rows [1, §3.3]."""
+        """After the optimiser step: the momentum update of the step's rows (InstDisc, §3.3)."""
         self.update()
 
     def extra_repr(self) -> str:

@@ -1,24 +1,22 @@
 """Built-in decorrelation functionals (variance, covariance, cross-correlation) over the global batch.
 
-Generic batch-statistics regularisers that any pipeline can add:
+Generic batch-statistics regularisers that any pipeline can add, over the
+maths of :mod:`jef.functional.decorrelation` (where the formulas and their
+paper references are):
 
-* ``variance`` -- VICReg's hinge on each dimension's standard deviation [1],
-  averaged over every online view's ``z``.
-* ``covariance`` -- VICReg's penalty on off-diagonal covariances [1],
-  averaged over every online view's ``z``.
+* ``variance`` -- VICReg's hinge on each dimension's standard deviation
+  (:func:`~jef.functional.variance_hinge`), averaged over every online view's ``z``.
+* ``covariance`` -- VICReg's penalty on off-diagonal covariances
+  (:func:`~jef.functional.covariance_penalty`), averaged over every online view's ``z``.
 * ``cross_correlation`` -- Barlow Twins' loss on the cross-correlation
-  matrix of the two global views' ``z`` [2].
+  matrix of the two global views' ``z`` (:func:`~jef.functional.cross_correlation_loss`).
 
 They are statistics of the *global* batch: each process gathers the
 embeddings of every process with :func:`jef.dist.gather` and computes the
 term identically. The gather's backward sums the gradient every process
 gives a sample, so after DDP averages parameter gradients the update equals
-one process on the global batch (as the official codes get with
-``FullGatherLayer`` [1] and SyncBatchNorm plus an all-reduced ``C`` [2]).
-
-References:
-    [1] Bardes, Ponce, LeCun, VICReg, ICLR 2022, arXiv:2105.04906.
-    [2] Zbontar et al., Barlow Twins, ICML 2021, arXiv:2103.03230.
+one process on the global batch (as the official codes get it: VICReg's
+with ``FullGatherLayer``, Barlow Twins' with SyncBatchNorm and an all-reduced ``C``).
 """
 
 from __future__ import annotations
@@ -67,7 +65,7 @@ class VarianceOptions:
 
 
 class Variance(nn.Module):
-    """VICReg's variance term [1], ``mean_j relu(γ − sqrt(Var(z_j) + ε))``, averaged over online views.
+    """VICReg's variance term ``mean_j relu(γ − sqrt(Var(z_j) + ε))``, averaged over online views.
 
     With a ``shared`` target the online views are VICReg's two branches,
     and averaging over them is the official code's ``(v(Z) + v(Z')) / 2``.
@@ -91,7 +89,7 @@ class Variance(nn.Module):
 
 
 class Covariance(nn.Module):
-    """VICReg's covariance term [1], ``(1/d) Σ_{i≠j} Cov(z)_ij²``, averaged over online views.
+    """VICReg's covariance term ``(1/d) Σ_{i≠j} Cov(z)_ij²``, averaged over online views.
 
     The official code *sums* the two branches' terms, so VICReg's ``ν = 1``
     is a weight of 2 on this average.
@@ -114,7 +112,7 @@ class CrossCorrelationOptions:
 
 
 class CrossCorrelation(nn.Module):
-    """Barlow Twins' loss [2] on the cross-correlation of the two global views' ``z``.
+    """Barlow Twins' loss on the cross-correlation of the two global views' ``z``.
 
     ``Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²`` with ``C`` the correlation between
     the batch-standardised ``z`` of views 0 and 1 of the online branch (with

@@ -1,19 +1,9 @@
 """Built-in energies D: per-sample distances between an online output and a target embedding.
 
 The objective averages ``D(p_a^n, t_b^n)`` over samples and over ordered view
-pairs (a, b) (see :class:`jef.model.build.Objective`). Each energy here is a thin
-``nn.Module`` over a pure function of :mod:`jef.functional`.
-
-References:
-    [1] Chen et al., A Simple Framework for Contrastive Learning of Visual
-        Representations (SimCLR), 2020, arXiv:2002.05709.
-    [2] Grill et al., Bootstrap Your Own Latent (BYOL), 2020, arXiv:2006.07733.
-    [3] Chen & He, Exploring Simple Siamese Representation Learning (SimSiam),
-        2021, arXiv:2011.10566.
-    [4] Caron et al., Unsupervised Learning of Visual Features by Contrasting
-        Cluster Assignments (SwAV), 2020, arXiv:2006.09882.
-    [5] Caron et al., Emerging Properties in Self-Supervised Vision
-        Transformers (DINO), 2021, arXiv:2104.14294.
+pairs (a, b) (see :class:`jef.model.joint.Objective`). Each energy here is a thin
+``nn.Module`` over a pure function of :mod:`jef.functional.energies`, whose
+docstrings hold the formulas' paper references.
 """
 
 import attrs
@@ -50,7 +40,7 @@ class CrossEntropyOptions:
 
 
 class CosineEnergy(nn.Module):
-    """``1 - cos(a, b)`` per sample (BYOL [2] up to a factor 2, SimSiam [3] up to a constant)."""
+    """``1 - cos(a, b)`` per sample: BYOL's, SimSiam's loss up to constants (:func:`jef.functional.cosine_distance`)."""
 
     symmetric = True
 
@@ -60,7 +50,7 @@ class CosineEnergy(nn.Module):
 
 
 class MSEEnergy(nn.Module):
-    """Squared error averaged over dimensions per sample; its batch mean is ``F.mse_loss``."""
+    """Squared error averaged over dimensions per sample (:func:`jef.functional.mse`), batch mean ``F.mse_loss``."""
 
     symmetric = True
 
@@ -70,7 +60,7 @@ class MSEEnergy(nn.Module):
 
 
 class ScaledCosineEnergy(nn.Module):
-    """``-cos(a, b) / τ`` per sample: the positive-pair term of NT-Xent [1].
+    """``-cos(a, b) / τ`` per sample, the positive-pair term of NT-Xent: :func:`jef.functional.scaled_cosine`.
 
     Args:
         temperature: ``τ > 0``.
@@ -91,10 +81,11 @@ class ScaledCosineEnergy(nn.Module):
 
 
 class CrossEntropyEnergy(nn.Module):
-    """``-Σ_k t_k log softmax(p/τ)_k`` per sample: predicted logits against target distributions.
+    """``-Σ_k t_k log softmax(p/τ)_k`` per sample: :func:`jef.functional.soft_cross_entropy`.
 
-    The energy of SwAV [4] (targets: the sinkhorn functional's codes) and
-    DINO [5] (targets: the centring functional's teacher probabilities). The
+    Predicted logits against target distributions: the energy of SwAV
+    (targets: the sinkhorn functional's codes) and DINO (targets: the
+    centring functional's teacher probabilities). The
     targets must be distributions, so a functional that makes them (one with
     a ``targets`` method) has to be in the pipeline: ``needs_target_maker``
     tells the pipeline builder to check that.

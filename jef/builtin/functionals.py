@@ -1,16 +1,10 @@
 """Built-in functionals: batch-level loss terms over the whole :class:`~jef.components.StepOutputs`.
 
-``info_nce`` is the log-sum-exp (denominator) part of InfoNCE [2] / NT-Xent
-[1] over the *global* batch: with the ``scaled_cosine`` energy at the same
-temperature and a shared target it is exactly SimCLR's loss.
-
-References:
-    [1] Chen et al., A Simple Framework for Contrastive Learning of Visual
-        Representations (SimCLR), 2020, arXiv:2002.05709.
-    [2] van den Oord et al., Representation Learning with Contrastive
-        Predictive Coding (CPC / InfoNCE), 2018, arXiv:1807.03748.
-    [3] Wu et al., Unsupervised Feature Learning via Non-Parametric Instance
-        Discrimination (InstDisc), 2018, arXiv:1805.01978.
+``info_nce`` is the log-sum-exp (denominator) part of InfoNCE / NT-Xent
+(:func:`jef.functional.info_nce_denominator`, whose module
+:mod:`jef.functional.contrastive` holds the paper references) over the
+*global* batch: with the ``scaled_cosine`` energy at the same temperature and
+a shared target it is exactly SimCLR's loss.
 """
 
 import attrs

@@ -1,7 +1,9 @@
 """Built-in functionals with a FIFO queue of past target embeddings (MoCo-style negatives).
 
-``queue_info_nce`` is the log-sum-exp (denominator) of MoCo's InfoNCE [1, 2]
-over each query's positive key and ``K`` queued keys. With the
+``queue_info_nce`` is the log-sum-exp (denominator) of MoCo's InfoNCE over
+each query's positive key and ``K`` queued keys
+(:func:`jef.functional.queue_info_nce_denominator`, whose module
+:mod:`jef.functional.queue` holds the paper references). With the
 ``scaled_cosine`` energy at the same temperature and an ``ema`` target it is
 exactly MoCo's loss, averaged over the ordered pairs of global views (the
 symmetrised loss; MoCo v1/v2 used one order, equal in expectation).
@@ -11,12 +13,6 @@ objective: it moves with ``.to()``, is saved in checkpoints and restored on
 resume, and DDP keeps it equal on every process. The module is also a run
 plugin (``jef_step_end``): after each optimiser step it enqueues the step's
 keys, gathered from every process.
-
-References:
-    [1] He et al., Momentum Contrast for Unsupervised Visual Representation
-        Learning (MoCo), CVPR 2020, arXiv:1911.05722.
-    [2] Chen et al., Improved Baselines with Momentum Contrastive Learning
-        (MoCo v2), 2020, arXiv:2003.04297.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``sinkhorn`` functional: SwAV's prototypes and the Sinkhorn codes that are its targets.
 
-SwAV [1] scores every view's ℓ2-normalised embedding against ``K`` learned
+SwAV scores every view's ℓ2-normalised embedding against ``K`` learned
 prototypes ``c_k`` (unit vectors), turns the scores of each global view into
 soft *codes* ``q`` with a few Sinkhorn–Knopp iterations (an equipartition of
 the batch over the prototypes, :func:`jef.functional.sinkhorn_knopp`), and
@@ -31,9 +31,8 @@ them, and process ``r`` of ``W`` scores rows ``r::W``. Together the processes
 use the queue one process would hold for the global batch, and since the
 Sinkhorn sums are all-reduced, the codes equal that process's.
 
-References:
-    [1] Caron et al., Unsupervised Learning of Visual Features by Contrasting
-        Cluster Assignments (SwAV), NeurIPS 2020, arXiv:2006.09882.
+The paper references are those of :func:`jef.functional.sinkhorn_knopp`
+(SwAV and Sinkhorn-Knopp), the maths this module wraps.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ def _doc(text: str) -> dict[str, str]:
 
 @attrs.frozen(kw_only=True)
 class SinkhornOptions:
-    """Options of the ``sinkhorn`` functional (defaults: SwAV's ImageNet settings [1])."""
+    """Options of the ``sinkhorn`` functional (defaults: SwAV's ImageNet settings)."""
 
     n_prototypes: int = attrs.field(default=3000, validator=v.ge(2),
                                     metadata=_doc("K, learned prototypes (3000 in SwAV on ImageNet)"))
@@ -80,7 +79,7 @@ class SinkhornOptions:
 
 
 class SinkhornAssignment(nn.Module):
-    """SwAV's prototypes and codes: makes the targets of the ``cross_entropy`` energy [1].
+    """SwAV's prototypes and codes: makes the targets of the ``cross_entropy`` energy.
 
     Args:
         dim: Width ``d`` of the embeddings (the projector's output).
