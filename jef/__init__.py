@@ -1,6 +1,7 @@
 """jef: the joint-embedding framework for self-supervised learning.
 
-Public API: :data:`hookimpl` for plugin authors (the hooks are in :mod:`jef.hookspecs`; plugins import
+Public API: :data:`hookimpl` and the ``register`` callables' types (:class:`Register`, :class:`RegisterMethod`,
+:class:`RegisterCommand`) for plugin authors (the hooks are in :mod:`jef.hookspecs`; plugins import
 only ``jef``, :mod:`jef.components`, :mod:`jef.dist`, :mod:`jef.functional` and :mod:`jef.testing`);
 :func:`load_pipeline` and ``jef.run(pipeline, ...)`` for programmatic use (``jef.run`` is the run package,
 callable as :func:`jef.run.loop.train`). Importing jef loads no plugins; discovery is explicit
@@ -13,10 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from jef import moved
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, RegisterCommand, RegisterMethod, hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "hookimpl", "load_pipeline", "run"]
+__all__ = ["Register", "RegisterCommand", "RegisterMethod", "__version__", "hookimpl", "load_pipeline", "run"]
 
 if TYPE_CHECKING:
     from jef.config import Pipeline

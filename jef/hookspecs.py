@@ -7,8 +7,9 @@ decorated with ``@jef.hookimpl``. Installed plugins are found through the
 Two families of hooks:
 
 * **Registration hooks** (``jef_register_*``) are called once on every loaded
-  plugin. Each receives a ``register`` callable; jef owns the name table and
-  records which plugin (and distribution, version) provided each name.
+  plugin. Each receives a ``register`` callable (typed by :class:`Register`, or :class:`RegisterMethod` and
+  :class:`RegisterCommand`); jef owns the name table and records which plugin (and distribution, version)
+  provided each name.
 * **Run hooks** (``jef_run_start`` ... ``jef_run_end``) are called during
   ``jef train`` on the plugins that are *active in that run*: every loaded
   plugin module plus the components and monitors the pipeline selected, which
@@ -17,21 +18,53 @@ Two families of hooks:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import argparse
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
 
     import pluggy as _pluggy
 
-    from jef.components import StepOutputs, StepResult
+    from jef.components import RunContext, StepOutputs, StepResult
     from jef.run.state import Run
 
 PROJECT = "jef"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The ``register`` callable a component registration hook receives (augmenters ... monitors).
+
+    ``register(name, factory, *, options=NoOptions, description="", paper="")`` adds one component to jef's
+    table, recorded as provided by the calling plugin: ``name`` is what users write in YAML (no ``:``);
+    ``factory(options, ctx)`` builds it from an instance of ``options``, an attrs class whose defaults, types
+    and validators are the component's options (ranges are checked there, once), and the run's
+    :class:`~jef.components.RunContext`; ``description`` is one line for ``jef list``, ``paper`` the
+    reference ``jef plugins`` shows. One plugin registering a name twice is an error.
+    """
+
+    def __call__(self, name: str, factory: Callable[[Any, RunContext], Any], *, options: type = ...,
+                 description: str = "", paper: str = "") -> None: ...
+
+
+class RegisterMethod(Protocol):
+    """The ``register`` callable :func:`jef_register_methods` receives: a method's name and its recipe."""
+
+    def __call__(self, name: str, recipe: Mapping[str, Any] | Path | str, *, description: str = "",
+                 paper: str = "", multi_crop: bool = False) -> None: ...
+
+
+class RegisterCommand(Protocol):
+    """The ``register`` callable :func:`jef_register_commands` receives: a sub-command's name and handler."""
+
+    def __call__(self, name: str, handler: Callable[[argparse.Namespace], int], *,
+                 arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 description: str = "") -> None: ...
 
 
 # ---------------------------------------------------------------------------
@@ -57,7 +90,7 @@ def jef_addhooks(pluginmanager: _pluggy.PluginManager) -> None:
 
 
 @hookspec
-def jef_register_methods(register: Callable[..., None]) -> None:
+def jef_register_methods(register: RegisterMethod) -> None:
     """Register method recipes.
 
     Call ``register(name, recipe, *, description="", paper="", multi_crop=False)``
@@ -68,15 +101,14 @@ def jef_register_methods(register: Callable[..., None]) -> None:
     local views too; without it, a pipeline with local views is refused.
 
     Args:
-        register: Adds one method to jef's table.
+        register: Adds one method to jef's table (a :class:`RegisterMethod`).
     """
 
 
 @hookspec
-def jef_register_augmenters(register: Callable[..., None]) -> None:
+def jef_register_augmenters(register: Register) -> None:
     """Register augmenters (the views makers).
 
-    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an ``nn.Module`` whose
     ``forward(images, generator=None)`` returns the list of views, with
     attributes ``n_views``, ``n_global`` and an ``eval_view(images)`` method.
@@ -88,93 +120,87 @@ def jef_register_augmenters(register: Callable[..., None]) -> None:
     every process's images.
 
     Args:
-        register: Adds one augmenter to jef's table.
+        register: Adds one augmenter to jef's table (a :class:`Register`).
     """
 
 
 @hookspec
-def jef_register_backbones(register: Callable[..., None]) -> None:
+def jef_register_backbones(register: Register) -> None:
     """Register backbones (image -> representation ``h``).
 
-    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an ``nn.Module`` with an ``out_dim``
     attribute, taking ``ctx.in_channels``-channel images.
 
     Args:
-        register: Adds one backbone to jef's table.
+        register: Adds one backbone to jef's table (a :class:`Register`).
     """
 
 
 @hookspec
-def jef_register_heads(register: Callable[..., None]) -> None:
+def jef_register_heads(register: Register) -> None:
     """Register heads, used as projectors (``h -> z``) or predictors (``z -> p``).
 
-    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an ``nn.Module`` taking ``ctx.in_dim``
     features, with an ``out_dim`` attribute.
 
     Args:
-        register: Adds one head to jef's table.
+        register: Adds one head to jef's table (a :class:`Register`).
     """
 
 
 @hookspec
-def jef_register_energies(register: Callable[..., None]) -> None:
+def jef_register_energies(register: Register) -> None:
     """Register energies D: per-sample distances between two embeddings.
 
-    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an ``nn.Module`` with
     ``forward(a, b) -> Tensor[N]`` and a ``symmetric`` attribute; ``a`` is
     ``ctx.online_dim`` wide, ``b`` ``ctx.target_dim`` (``ctx.in_dim``).
 
     Args:
-        register: Adds one energy to jef's table.
+        register: Adds one energy to jef's table (a :class:`Register`).
     """
 
 
 @hookspec
-def jef_register_functionals(register: Callable[..., None]) -> None:
+def jef_register_functionals(register: Register) -> None:
     """Register functionals A/B: batch-level loss terms over all embeddings.
 
-    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an ``nn.Module`` whose
     ``forward(out: StepOutputs)`` returns a scalar or a dict of named scalars.
     Terms over the global batch must use ``jef.dist.gather``. The widths of the
     online outputs and target embeddings are ``ctx.online_dim`` and ``ctx.target_dim``.
 
     Args:
-        register: Adds one functional to jef's table.
+        register: Adds one functional to jef's table (a :class:`Register`).
     """
 
 
 @hookspec
-def jef_register_datasets(register: Callable[..., None]) -> None:
+def jef_register_datasets(register: Register) -> None:
     """Register datasets.
 
-    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns a :class:`jef.components.DataSplits`.
 
     Args:
-        register: Adds one dataset to jef's table.
+        register: Adds one dataset to jef's table (a :class:`Register`).
     """
 
 
 @hookspec
-def jef_register_monitors(register: Callable[..., None]) -> None:
+def jef_register_monitors(register: Register) -> None:
     """Register monitors: objects that watch a run through the run hooks.
 
-    Call ``register(name, factory, *, options=NoOptions, description="", paper="")``.
     ``factory(options, ctx)`` returns an object with ``@jef.hookimpl``
     methods; it is registered as a plugin only while a run that selected it
     is going on.
 
     Args:
-        register: Adds one monitor to jef's table.
+        register: Adds one monitor to jef's table (a :class:`Register`).
     """
 
 
 @hookspec
-def jef_register_commands(register: Callable[..., None]) -> None:
+def jef_register_commands(register: RegisterCommand) -> None:
     """Register sub-commands of the ``jef`` command line.
 
     Call ``register(name, handler, *, arguments=None, description="")``:
@@ -183,7 +209,7 @@ def jef_register_commands(register: Callable[..., None]) -> None:
     the exit status.
 
     Args:
-        register: Adds one command to jef's table.
+        register: Adds one command to jef's table (a :class:`RegisterCommand`).
     """
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from jef.builtin.cpu_bf16_conv import guard_strided_convs
 from jef.components import RunContext
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = [
     "ResNetOptions",
@@ -155,7 +155,7 @@ def build_small_cnn(options: SmallCNNOptions, ctx: RunContext) -> SmallCNN:
 
 
 @hookimpl
-def jef_register_backbones(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_backbones(register: Register) -> None:
     """Register ``resnet18``, ``resnet50`` and ``small_cnn``."""
     register("resnet18", build_resnet18, options=ResNetOptions,
              description="ResNet-18 from torchvision, headless (512-d)", paper=_RESNET_PAPER)

@@ -42,7 +42,7 @@ from jef import dist
 from jef.components import RunContext, StepOutputs
 from jef.functional._checks import full_precision, indices_out_of_range, normalize
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["MemoryBank", "MemoryBankOptions", "build_memory_bank", "jef_register_functionals"]
 
@@ -214,7 +214,7 @@ def build_memory_bank(options: MemoryBankOptions, ctx: RunContext) -> MemoryBank
 
 
 @hookimpl
-def jef_register_functionals(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_functionals(register: Register) -> None:
     """Register ``memory_bank``."""
     register("memory_bank", build_memory_bank, options=MemoryBankOptions,
              description="Instance discrimination against a memory bank of one feature per training image "

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from jef import dist
 from jef.components import NoOptions, RunContext, StepOutputs
 from jef.functional import covariance_penalty, cross_correlation, cross_correlation_loss, variance_hinge
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = [
     "Covariance",
@@ -156,7 +156,7 @@ def build_cross_correlation(options: CrossCorrelationOptions, ctx: RunContext) -
 
 
 @hookimpl
-def jef_register_functionals(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_functionals(register: Register) -> None:
     """Register ``variance``, ``covariance`` and ``cross_correlation``."""
     register("variance", build_variance, options=VarianceOptions,
              description="VICReg variance hinge: keeps each dimension's std above γ over the global batch",

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from jef.components import NoOptions, RunContext
 from jef.functional import cosine_distance, mse, scaled_cosine, soft_cross_entropy
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["CosineEnergy", "CrossEntropyEnergy", "CrossEntropyOptions", "MSEEnergy", "ScaledCosineEnergy",
            "ScaledCosineOptions", "build_cosine", "build_cross_entropy", "build_mse", "build_scaled_cosine",
@@ -130,7 +130,7 @@ def build_cross_entropy(options: CrossEntropyOptions, ctx: RunContext) -> CrossE
 
 
 @hookimpl
-def jef_register_energies(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_energies(register: Register) -> None:
     """Register ``cosine``, ``mse``, ``scaled_cosine`` and ``cross_entropy``."""
     register("cosine", build_cosine, options=NoOptions,
              description="cosine distance 1 - cos(p, t) per sample",

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from jef import dist
 from jef.components import RunContext, StepOutputs
 from jef.functional import info_nce_denominator
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["InfoNCEDenominator", "InfoNCEOptions", "build_info_nce", "jef_register_functionals"]
 
@@ -87,7 +87,7 @@ def build_info_nce(options: InfoNCEOptions, ctx: RunContext) -> InfoNCEDenominat
 
 
 @hookimpl
-def jef_register_functionals(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_functionals(register: Register) -> None:
     """Register ``info_nce``."""
     register("info_nce", build_info_nce, options=InfoNCEOptions,
              description="InfoNCE log-sum-exp over the gathered global batch, own entry excluded "

@@ -9,7 +9,7 @@ import attrs
 from torch import Tensor, nn
 
 from jef.components import NoOptions, RunContext
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["IdentityHead", "MLPHead", "MLPOptions", "build_identity", "build_mlp", "jef_register_heads"]
 
@@ -119,7 +119,7 @@ def build_identity(options: NoOptions, ctx: RunContext) -> IdentityHead:
 
 
 @hookimpl
-def jef_register_heads(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_heads(register: Register) -> None:
     """Register ``mlp`` and ``identity``."""
     register("mlp", build_mlp, options=MLPOptions,
              description="MLP projector/predictor with optional BatchNorm",

@@ -28,7 +28,7 @@ from jef import dist
 from jef.components import RunContext, StepOutputs
 from jef.functional._checks import normalize
 from jef.functional.queue import enqueue, queue_info_nce_denominator, random_unit_queue
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["QueueInfoNCE", "QueueInfoNCEOptions", "build_queue_info_nce", "jef_register_functionals"]
 
@@ -135,7 +135,7 @@ def build_queue_info_nce(options: QueueInfoNCEOptions, ctx: RunContext) -> Queue
 
 
 @hookimpl
-def jef_register_functionals(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_functionals(register: Register) -> None:
     """Register ``queue_info_nce``."""
     register("queue_info_nce", build_queue_info_nce, options=QueueInfoNCEOptions,
              description="MoCo's InfoNCE log-sum-exp over the positive key and a FIFO queue of past keys "
