@@ -16,7 +16,7 @@ component's attrs options class and ``ctx`` is the read-only
   to ``[B, out_dim]``; attribute ``out_dim``.
 * **energy** (D) -- ``nn.Module``; ``forward(a, b) -> Tensor[N]``, one
   distance per sample, ``a`` an online output ``[N, ctx.online_dim]`` and ``b``
-  a target embedding ``[N, ctx.target_dim]``. Attribute ``symmetric`` (bool).
+  a target embedding ``[N, ctx.target_dim]``.
   When the two widths differ (and no functional makes targets), the pipeline
   calls the energy once on two rows of each width when it is built: an energy
   that cannot compare them fails there, naming the YAML paths of both widths,

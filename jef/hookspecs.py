@@ -153,7 +153,7 @@ def jef_register_energies(register: Register) -> None:
     """Register energies D: per-sample distances between two embeddings.
 
     ``factory(options, ctx)`` returns an ``nn.Module`` with
-    ``forward(a, b) -> Tensor[N]`` and a ``symmetric`` attribute; ``a`` is
+    ``forward(a, b) -> Tensor[N]``; ``a`` is
     ``ctx.online_dim`` wide, ``b`` ``ctx.target_dim`` (``ctx.in_dim``).
 
     Args:

@@ -89,7 +89,6 @@ class WidthsSeen:
         def bilinear(options, ctx):  # compares embeddings of different widths on purpose: a · W b
             self.seen["energy"] = (ctx.in_dim, ctx.online_dim, ctx.target_dim)
             energy = nn.Bilinear(ctx.online_dim, ctx.target_dim, 1, bias=False)
-            energy.symmetric = False
             return _Squeeze(energy)
 
         register("bilinear", bilinear)
@@ -104,8 +103,6 @@ class WidthsSeen:
 
 
 class _Squeeze(nn.Module):
-    symmetric = False
-
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner

@@ -12,8 +12,6 @@ from jef.model.targets import EmaTarget, SharedTarget, StopGradTarget
 
 
 class Squared(nn.Module):
-    symmetric = False
-
     def forward(self, a, b):
         return (a - b).pow(2).sum(dim=1)
 

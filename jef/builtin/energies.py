@@ -42,7 +42,6 @@ class CrossEntropyOptions:
 class CosineEnergy(nn.Module):
     """``1 - cos(a, b)`` per sample: BYOL's, SimSiam's loss up to constants (:func:`jef.functional.cosine_distance`)."""
 
-    symmetric = True
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """``[N, d], [N, d] -> [N]``."""
@@ -52,7 +51,6 @@ class CosineEnergy(nn.Module):
 class MSEEnergy(nn.Module):
     """Squared error averaged over dimensions per sample (:func:`jef.functional.mse`), batch mean ``F.mse_loss``."""
 
-    symmetric = True
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """``[N, d], [N, d] -> [N]``."""
@@ -66,7 +64,6 @@ class ScaledCosineEnergy(nn.Module):
         temperature: ``τ > 0``.
     """
 
-    symmetric = True
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
@@ -94,7 +91,6 @@ class CrossEntropyEnergy(nn.Module):
         temperature: ``τ > 0``.
     """
 
-    symmetric = False
     needs_target_maker = True
 
     def __init__(self, temperature: float) -> None:
