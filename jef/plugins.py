@@ -1,7 +1,8 @@
 """Plugin discovery: built-ins, installed entry points (group ``jef``) and local files, one at a time.
 
-A plugin that fails (import error, misspelt hook, error while registering) is recorded as broken with
-its distribution and the error; the others load. Discovery is explicit, never a side effect of import.
+A plugin that fails (import error, misspelt or unmarked hook, error while registering) is recorded as broken
+with its distribution and the error; the others load (:func:`jef.names.hook_problems` checks the hooks, as it
+does a run's own objects). Discovery is explicit, never a side effect of import.
 Environment: ``JEF_LOAD_PLUGINS`` (comma-separated allow-list of entry points; set but empty loads none),
 ``JEF_DISABLE_PLUGINS`` (names not to load), ``JEF_TRACE_PLUGINS=1`` (print every hook call).
 """
@@ -26,7 +27,7 @@ import pluggy
 import jef.builtin
 from jef import hookspecs
 from jef.config import read_yaml
-from jef.names import closest
+from jef.names import hook_problems
 from jef.registry import KINDS, Provenance, Registry
 
 ENTRY_POINT_GROUP = "jef"
@@ -44,6 +45,9 @@ class PluginInfo:
     hooks: list[str] = attrs.field(factory=list)
     provides: dict[str, list[str]] = attrs.field(factory=dict)
     builtin: bool = False
+    #: How it was loaded: builtin | entry_point | file (``--plugin``) | object (``extra``, :func:`add_plugin`).
+    #: An entry point's run hooks run only in pipelines that select it; the others' in every run.
+    origin: str = "object"
 
 
 @attrs.define
@@ -86,23 +90,26 @@ def load_plugins(*, builtins: bool = True, entry_points: bool = True,
         # Every module of jef.builtin is a built-in plugin: adding one never means editing this file.
         for module in sorted(info.name for info in pkgutil.iter_modules(jef.builtin.__path__)):
             _add(plugins, f"builtin.{module}", lambda m=module: importlib.import_module(f"jef.builtin.{m}"),
-                 PluginInfo(f"builtin.{module}", "jef", _version("jef"), builtin=True))
+                 PluginInfo(f"builtin.{module}", "jef", _version("jef"), builtin=True, origin="builtin"))
     if entry_points:
         allow = _env_names("JEF_LOAD_PLUGINS")
         deny = _env_names("JEF_DISABLE_PLUGINS") or set()
         for point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
             dist = getattr(point, "dist", None)
-            info = PluginInfo(point.name, dist.name if dist else None, dist.version if dist else None)
+            info = PluginInfo(point.name, dist.name if dist else None, dist.version if dist else None,
+                              origin="entry_point")
             if (allow is not None and point.name not in allow) or point.name in deny:
                 info.status = "disabled"
                 plugins.infos[point.name] = info
                 continue
             _add(plugins, point.name, point.load, info)
     for path in files:
-        _add(plugins, str(path), lambda p=path: _import_file(Path(p)), PluginInfo(str(path)))
+        _add(plugins, str(path), lambda p=path: _import_file(Path(p)), PluginInfo(str(path), origin="file"))
     for name, obj in extra:
         _add(plugins, name, lambda o=obj: o, PluginInfo(name))
-    _reject_unknown_hooks(plugins)
+    # After every plugin is in: a hook published by a later plugin's jef_addhooks is known by then.
+    for name in list(plugins.infos):
+        _check_hooks(plugins, name)
     plugins.manager.check_pending()
     _register_components(plugins)
     return plugins
@@ -117,6 +124,7 @@ def get_plugins() -> Plugins:
 def add_plugin(plugins: Plugins, name: str, plugin: Any) -> PluginInfo:
     """Register one more plugin object after loading and add its components to the registry."""
     _add(plugins, name, lambda: plugin, PluginInfo(name))
+    _check_hooks(plugins, name)
     _register_components(plugins, only=name)
     return plugins.infos[name]
 
@@ -136,24 +144,14 @@ def _add(plugins: Plugins, name: str, load: Any, info: PluginInfo) -> None:
         plugins.manager.get_plugin(name)) or [])
 
 
-def _reject_unknown_hooks(plugins: Plugins) -> None:
-    """A ``jef_*`` function matching no spec is a typo: mark its plugin broken."""
-    manager = plugins.manager
-    known = [name for name in dir(manager.hook) if name.startswith("jef_")]
-    for name in list(known):
-        caller = getattr(manager.hook, name)
-        if caller.has_spec():
-            continue
-        spec_names = [n for n in known if getattr(manager.hook, n).has_spec()]
-        hint = closest(name, spec_names)
-        for impl in caller.get_hookimpls():
-            if impl.optionalhook:
-                continue
-            info = plugins.infos[impl.plugin_name]
-            info.status, info.hooks = "broken", []
-            info.error = f"unknown hook {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
-            print(f"jef: plugin {impl.plugin_name!r} is broken: {info.error}", file=sys.stderr)
-            manager.unregister(name=impl.plugin_name)
+def _check_hooks(plugins: Plugins, name: str) -> None:
+    """Mark loaded plugin ``name`` broken, and unregister it, when :func:`hook_problems` finds any."""
+    info = plugins.infos[name]
+    if info.status != "ok" or not (problems := hook_problems(plugins.manager.get_plugin(name), plugins.manager)):
+        return
+    info.status, info.hooks, info.error = "broken", [], "; ".join(problems)
+    print(f"jef: plugin {name!r} is broken: {info.error}", file=sys.stderr)
+    plugins.manager.unregister(name=name)
 
 
 def _register_components(plugins: Plugins, only: str | None = None) -> None:

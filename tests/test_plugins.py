@@ -187,6 +187,10 @@ from jef import hookimpl
 @hookimpl
 def {hook}({args}):
     raise ZeroDivisionError("a bug in the plugin")
+
+@hookimpl
+def jef_register_monitors(register):
+    register("quiet", lambda options, ctx: object())  # a pipeline that uses it selects the plugin
 """
 HOOK_ARGS = {"jef_run_start": "run", "jef_train_step": "run, batch", "jef_after_backward": "run",
              "jef_step_end": "run, outputs, terms", "jef_epoch_end": "run, epoch, metrics",
@@ -200,7 +204,9 @@ def test_an_error_in_a_run_hook_names_the_plugin_and_the_hook(hook, one_thread):
     with fake_distribution("jef-plugin-faulty", FAULTY_HOOK.format(hook=hook, args=HOOK_ARGS[hook])):
         plugins = load_plugins()
         with pytest.raises(ZeroDivisionError, match="a bug in the plugin") as error:
-            tiny_run(steps=4, plugins=plugins)  # 4 steps: one epoch of the tiny data, so jef_epoch_end runs
+            # 4 steps: one epoch of the tiny data, so jef_epoch_end runs. The pipeline selects the plugin (it uses
+            # its monitor): an installed plugin's run hooks take part only in the runs that select it.
+            tiny_run({"monitors": [{"name": "quiet"}]}, steps=4, plugins=plugins)
     assert error.value.__notes__ == [f"jef: raised in hook {hook} of plugin 'faulty' (jef-plugin-faulty 0.1.0)"]
     assert error.traceback[-1].name == hook  # the traceback still ends where the bug is
 
@@ -288,3 +294,175 @@ def test_a_one_line_error_from_a_plugin_hook_names_the_plugin_too(tmp_path, caps
     assert code == 2 and "Traceback (most recent call last):" not in err  # the cli's one-line errors stay so
     assert err[-2:] == ["jef: error: [Errno 2] No such file or directory: '/nonexistent/jef-settings.json'",
                         f"jef: raised in hook jef_run_start of plugin {str(plugin)!r}"]
+
+
+# --- one check of jef_* attributes: loading, add_plugin, temporary_plugin and a run's own objects ---------
+
+
+def test_the_hook_check_names_misspelt_and_unmarked_hooks_and_nothing_else():
+    from jef import hookimpl
+    from jef.names import hook_problems
+
+    class Plugin:
+        jef_note = "data, not a hook attempt"
+
+        @hookimpl
+        def jef_step_end(self, run, outputs, terms): ...
+
+        @hookimpl
+        def jef_step_ends(self, run, outputs, terms): ...
+
+        def jef_run_end(self, run, metrics): ...
+
+        @hookimpl(optionalhook=True)
+        def jef_hook_of_another_plugin(self): ...
+
+    assert hook_problems(Plugin(), load_plugins(entry_points=False).manager) == [
+        "'jef_run_end' is not marked @jef.hookimpl, so pluggy would never call it; decorate it",
+        "unknown hook 'jef_step_ends'; did you mean 'jef_step_end'?"]
+
+
+def test_an_installed_plugin_with_an_unmarked_hook_is_broken_and_the_others_load(capsys):
+    unmarked = "def jef_register_energies(register):\n    register('never', lambda o, c: None)\n"
+    with fake_distribution("jef-plugin-unmarked", unmarked), \
+            fake_distribution("jef-plugin-good", ENERGY_PLUGIN.format(name="good_energy")):
+        plugins = load_plugins()
+    info = plugins.infos["unmarked"]
+    assert (info.status, info.error) == ("broken", "'jef_register_energies' is not marked @jef.hookimpl, so pluggy "
+                                                   "would never call it; decorate it")
+    assert "plugin 'unmarked' is broken: 'jef_register_energies' is not marked" in capsys.readouterr().err
+    assert not plugins.manager.has_plugin("unmarked")
+    assert plugins.registry.get("energy", "good_energy")
+
+
+def test_add_plugin_and_temporary_plugin_check_hooks_as_loading_does():
+    from jef import hookimpl
+    from jef.plugins import add_plugin
+    from jef.testing import temporary_plugin
+
+    class Misspelt:
+        @hookimpl
+        def jef_epoch_ends(self, run, epoch, metrics): ...
+
+    class Unmarked:
+        def jef_epoch_end(self, run, epoch, metrics): ...
+
+    plugins = load_plugins(entry_points=False)
+    info = add_plugin(plugins, "misspelt", Misspelt())
+    assert (info.status, info.error) == ("broken", "unknown hook 'jef_epoch_ends'; did you mean 'jef_epoch_end'?")
+    assert not plugins.manager.has_plugin("misspelt")
+    with pytest.raises(RuntimeError) as error, temporary_plugin(plugins, Unmarked()):
+        pass
+    assert str(error.value) == ("temporary_plugin: plugin 'Unmarked' is broken: 'jef_epoch_end' is not marked "
+                                "@jef.hookimpl, so pluggy would never call it; decorate it")
+    assert "Unmarked" not in plugins.infos and not plugins.manager.has_plugin("Unmarked")
+
+
+def test_plugins_record_how_they_were_loaded(tmp_path):
+    path = tmp_path / "local.py"
+    path.write_text(ENERGY_PLUGIN.format(name="local_energy"))
+    with fake_distribution("jef-plugin-demo", ENERGY_PLUGIN.format(name="demo_energy")):
+        plugins = load_plugins(files=(path,), extra=(("extra", object()),))
+    assert plugins.infos["builtin.energies"].origin == "builtin"
+    assert plugins.infos["demo"].origin == "entry_point"
+    assert plugins.infos[str(path)].origin == "file"
+    assert plugins.infos["extra"].origin == "object"
+
+
+BAD_MONITORS = """
+from jef import hookimpl
+
+class Misspelt:
+    @hookimpl
+    def jef_step_ends(self, run, outputs, terms): ...
+
+class Unmarked:
+    def jef_step_end(self, run, outputs, terms): ...
+
+@hookimpl
+def jef_register_monitors(register):
+    register("misspelt", lambda options, ctx: Misspelt())
+    register("unmarked", lambda options, ctx: Unmarked())
+"""
+
+
+def test_a_run_object_with_a_misspelt_or_unmarked_hook_fails_the_run_at_its_start_naming_it(one_thread):
+    from jef.config import ConfigError
+    from jef.testing import tiny_run
+
+    with fake_distribution("jef-plugin-badmon", BAD_MONITORS):
+        plugins = load_plugins()
+        assert plugins.infos["badmon"].status == "ok"  # the plugin's own hooks are fine
+        with pytest.raises(ConfigError) as misspelt:
+            tiny_run({"monitors": [{"name": "misspelt"}]}, steps=2, plugins=plugins)
+        with pytest.raises(ConfigError) as unmarked:
+            tiny_run({"monitors": [{"name": "collapse"}, {"name": "unmarked"}]}, steps=2, plugins=plugins)
+        with pytest.raises(ConfigError) as two:  # two monitors of one plugin: which slot made it is not clear
+            tiny_run({"monitors": [{"name": "unmarked"}, {"name": "misspelt"}]}, steps=2, plugins=plugins)
+    assert str(misspelt.value) == ("monitors[0] (misspelt from plugin badmon (jef-plugin-badmon 0.1.0)), class "
+                                   "Misspelt: unknown hook 'jef_step_ends'; did you mean 'jef_step_end'?")
+    assert str(unmarked.value) == ("monitors[1] (unmarked from plugin badmon (jef-plugin-badmon 0.1.0)), class "
+                                   "Unmarked: 'jef_step_end' is not marked @jef.hookimpl, so pluggy would never call "
+                                   "it; decorate it")
+    assert str(two.value).startswith("the run's object of class Unmarked from plugin badmon: 'jef_step_end' is not "
+                                    "marked")
+    assert not [name for name in plugins.manager.list_name_plugin() if name[0].startswith("run:")]  # all gone
+
+
+# --- an installed plugin's run hooks take part only in the runs that select it -----------------------------
+
+CONSTANT_STEP = """
+from jef import hookimpl
+from jef.components import StepResult
+
+@hookimpl
+def jef_train_step(run, batch):
+    return StepResult(next(run.model.parameters()).sum() * 0 + 7.0, {})
+
+class Quiet:
+    pass
+
+@hookimpl
+def jef_register_monitors(register):
+    register("quiet", lambda options, ctx: Quiet())
+
+@hookimpl
+def jef_register_methods(register):
+    register("constant", {"energy": {"name": "mse"}})
+"""
+
+
+@pytest.mark.parametrize("pipeline, selects", [
+    ({}, False),
+    ({"monitors": [{"name": "quiet"}]}, True),
+    ({"method": "constant"}, True),
+])
+def test_an_installed_plugin_replaces_the_step_only_of_pipelines_that_select_it(pipeline, selects, one_thread):
+    from jef.testing import tiny_run
+
+    with fake_distribution("jef-plugin-constant", CONSTANT_STEP):
+        plugins = load_plugins()
+        result = tiny_run(pipeline, steps=2, plugins=plugins)
+    assert (result.metrics["loss"] == 7.0) is selects, result.metrics["loss"]
+
+
+def test_the_guide_s_step_replacing_plugin_ramps_the_loss_of_the_runs_that_use_its_method(one_thread):
+    import json
+    import re
+    from pathlib import Path
+
+    from jef.testing import tiny_run
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    (source,) = re.findall(r"^```py\n(.*?)^```$", page, re.MULTILINE | re.DOTALL)
+    with fake_distribution("jef-plugin-ramped", source):
+        plugins = load_plugins()
+        ramped = tiny_run({"method": "ramped"}, steps=2, plugins=plugins)
+        plain = tiny_run({}, steps=2, plugins=plugins)
+
+    def ramps(result):
+        lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [line["ramp"] for line in lines if "ramp" in line]
+
+    assert ramps(ramped) == pytest.approx([0.01, 0.02])  # (step + 1) / 100 at steps 0 and 1
+    assert ramps(plain) == []

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import attrs
@@ -14,9 +15,10 @@ from accelerate import Accelerator
 
 from jef.run.accelerate_compat import cache_package_checks
 from jef.components import RunContext
-from jef.config import Pipeline
+from jef.config import ConfigError, Pipeline
 from jef.run.faults import NonFiniteWatch
 from jef.hookspecs import hookimpl
+from jef.names import hook_problems
 from jef.plugins import Plugins
 
 __all__ = ["RUN_HOOKS", "NameTheRaiser", "Run", "run_plugins"]
@@ -163,9 +165,17 @@ def _component_slots(run: Run) -> dict[int, str]:
 
 @contextmanager
 def run_plugins(plugins: Plugins, objects: list[Any], pipeline: Pipeline | None = None) -> Iterator[Any]:
-    """Register the run's components and monitors that implement hooks, and :class:`NameTheRaiser`.
+    """Register the run's objects that implement hooks (components, monitors), and :class:`NameTheRaiser`.
 
-    All are unregistered afterwards.
+    Yields the hooks the loop calls (``hook.jef_train_step(run=..., batch=...)``): every plugin's run hooks but
+    those of installed plugins (entry points) that ``pipeline`` does not select, so that an installed plugin
+    takes over only the runs that use its method or one of its components. Built-ins, ``--plugin`` files,
+    plugin objects added in Python and the run's own objects always take part; without a pipeline, all do.
+    The run's objects are unregistered afterwards.
+
+    Raises:
+        ConfigError: A run object's ``jef_*`` attribute is misspelt or lacks ``@jef.hookimpl``
+            (:func:`jef.names.hook_problems`); the message names the object, its slot when known, and the hook.
     """
     raiser = NameTheRaiser(plugins)
     names = [plugins.manager.register(raiser, name=f"run:NameTheRaiser:{id(raiser)}")]
@@ -173,8 +183,46 @@ def run_plugins(plugins: Plugins, objects: list[Any], pipeline: Pipeline | None 
         for obj in objects:
             if obj is not None and any(name.startswith("jef_") and callable(getattr(type(obj), name, None))
                                        for name in dir(type(obj))):
+                if problems := hook_problems(obj, plugins.manager):
+                    raise ConfigError(f"{_run_object(obj, plugins, pipeline)}: {'; '.join(problems)}")
                 names.append(plugins.manager.register(obj, name=f"run:{type(obj).__name__}:{id(obj)}"))
-        yield plugins.manager.hook
+        left_out = _unselected(plugins, pipeline)
+        # pluggy's subset callers follow later registrations (a plugin added during the run takes part).
+        yield SimpleNamespace(**{hook: plugins.manager.subset_hook_caller(hook, left_out) for hook in RUN_HOOKS})
     finally:
         for name in names:
             plugins.manager.unregister(name=name)
+
+
+def _unselected(plugins: Plugins, pipeline: Pipeline | None) -> list[Any]:
+    """The installed plugins (entry points) that ``pipeline`` does not select.
+
+    A pipeline selects the plugin that provides its method and those that provide its components.
+    """
+    if pipeline is None:
+        return []
+    chosen = {slot.entry.provenance.plugin for _, slot in pipeline.slots()}
+    if pipeline.method is not None:
+        chosen.add(pipeline.method.provenance.plugin)
+    return [plugins.manager.get_plugin(name) for name, info in plugins.infos.items()
+            if info.origin == "entry_point" and name not in chosen and plugins.manager.has_plugin(name)]
+
+
+def _run_object(obj: Any, plugins: Plugins, pipeline: Pipeline | None) -> str:
+    """``monitors[0] (grumpy from plugin faulty), class Grumpy``: a run object, with its slot when that is clear.
+
+    The slot is clear when the object's class comes from a plugin module that provides exactly one of the
+    pipeline's components.
+    """
+    cls, module = type(obj).__qualname__, type(obj).__module__
+    owners = sorted(name for name, plugin in plugins.manager.list_name_plugin()
+                    if isinstance(plugin, ModuleType) and f"{module}.".startswith(f"{plugin.__name__}."))
+    slots = [] if pipeline is None else [(path, slot) for path, slot in pipeline.slots()
+                                         if slot.entry.provenance.plugin in owners]
+    if len(slots) == 1:
+        (path, slot), = slots
+        key, _, index = path.partition(".")
+        label = f"{key}[{index}]" if index else key
+        return f"{label} ({slot.name} from plugin {slot.entry.provenance}), class {cls}"
+    made_by = f"from plugin {', '.join(owners)}" if owners else f"(module {module})"
+    return f"the run's object of class {cls} {made_by}"

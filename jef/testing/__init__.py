@@ -34,7 +34,6 @@ import attrs
 from jef.config import CORE_DEFAULTS, merge, resolve
 from jef.hookspecs import hookimpl
 from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
-from jef.names import closest
 from jef.testing.building import Objective, Term, build_objective, build_pipeline
 from jef.testing.contracts import ContractError, build_component, check_component, check_energy, check_functional
 from jef.testing.distributed import record_runs, run_in_processes, train_in_processes
@@ -304,15 +303,15 @@ def temporary_plugin(plugins: Plugins, plugin: Any, name: str | None = None) -> 
     Raises:
         ValueError: A plugin of that name is already loaded.
         RuntimeError: The plugin is broken (fails to register, misspells a
-            hook, or fails in a registration hook); raised after cleaning up.
+            hook or leaves one unmarked, or fails in a registration hook);
+            raised after cleaning up.
     """
     name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
     if name in plugins.infos or plugins.manager.has_plugin(name):
         # add_plugin would overwrite the existing record, and the clean-up would then remove that plugin.
         raise ValueError(f"temporary_plugin: a plugin named {name!r} is already loaded; pass another name")
     try:
-        info = add_plugin(plugins, name, plugin)
-        _reject_unknown_hooks(plugins, name, info)
+        info = add_plugin(plugins, name, plugin)  # checks its hooks as loading does (jef.names.hook_problems)
         if info.status == "broken":
             raise RuntimeError(f"temporary_plugin: plugin {name!r} is broken: {info.error}")
         yield info
@@ -321,22 +320,3 @@ def temporary_plugin(plugins: Plugins, plugin: Any, name: str | None = None) -> 
         if plugins.manager.has_plugin(name):
             plugins.manager.unregister(name=name)
         plugins.infos.pop(name, None)
-
-
-def _reject_unknown_hooks(plugins: Plugins, name: str, info: PluginInfo) -> None:
-    """Mark plugin ``name`` broken when it has a ``jef_*`` hook matching no spec (a typo).
-
-    ``load_plugins`` does this for the plugins it loads; ``add_plugin`` does
-    not, and a misspelt hook would otherwise be silently never called.
-    """
-    hooks = plugins.manager.hook
-    specs = [hook for hook in dir(hooks) if hook.startswith("jef_") and getattr(hooks, hook).has_spec()]
-    for hook in dir(hooks):
-        caller = getattr(hooks, hook)
-        if not hook.startswith("jef_") or caller.has_spec():
-            continue
-        if any(impl.plugin_name == name and not impl.optionalhook for impl in caller.get_hookimpls()):
-            hint = closest(hook, specs)
-            info.status = "broken"
-            info.error = f"unknown hook {hook!r}" + (f"; did you mean {hint!r}?" if hint else "")
-            return
