@@ -38,6 +38,19 @@ def _tiny_fashion_raw(root: Path, n_train: int = 20, n_test: int = 10) -> Path:
 # --- bundled fashion_mnist_mini -----------------------------------------------------------------
 
 
+def test_the_bundle_rebuilds_byte_for_byte_from_idx_files(tmp_path):
+    from jef.data.bundled import load_bundle
+    from jef.data.bundled.build import build_bundle
+
+    raw = _tiny_fashion_raw(tmp_path / "src") / "FashionMNIST" / "raw"
+    first = build_bundle(raw, tmp_path / "a.npz", train_per_class=2, test_per_class=1)
+    second = build_bundle(raw, tmp_path / "b.npz", train_per_class=2, test_per_class=1)
+    assert first.read_bytes() == second.read_bytes()
+    arrays = load_bundle(first)
+    assert arrays["x_train"].shape == (20, 28, 28) and arrays["x_test"].shape == (10, 28, 28)
+    assert np.bincount(arrays["y_train"]).tolist() == [2] * 10
+
+
 def test_bundled_sizes_shapes_and_balance():
     splits = build_fashion_mnist_mini(FashionMiniOptions(), CTX)
     assert isinstance(splits, DataSplits) and splits.labelled

@@ -6,7 +6,8 @@ import argparse
 import hashlib
 import sys
 
-from jef.data.bundled import BUNDLED_PATH, DEBIAN_DIR, SEED, build_bundle, load_bundle
+from jef.data.bundled import BUNDLED_PATH, DEBIAN_DIR, SEED, load_bundle
+from jef.data.bundled.build import build_bundle
 
 
 def main(argv: list[str] | None = None) -> int:
