@@ -41,6 +41,7 @@ KIND_TITLES = {
     "head": "Heads (projectors and predictors)",
     "energy": "Energies D",
     "functional": "Functionals A/B",
+    "target": "Targets",
     "dataset": "Datasets",
     "monitor": "Monitors",
 }
@@ -155,7 +156,7 @@ def components_markdown(plugins: Any = None, method_pages: frozenset[str] = froz
     out = []
     for kind, title in KIND_TITLES.items():
         entries = registry.entries(kind)
-        used_in = [f"`{slot}:`" for slot, k in slots.items() if k == kind]
+        used_in = [f"`{slot}:`" for slot, k in {**slots, "target": "target"}.items() if k == kind]
         out.append(f"## {title} {{#{_slug(kind)}s}}\n")
         where = f"Selected with {' or '.join(used_in)} in a pipeline. " if used_in else \
             "Selected with `method:` in a pipeline. " if kind == "method" else ""
@@ -216,12 +217,12 @@ def cli_markdown(plugins: Any = None) -> str:
 
 
 #: Pipeline sections documented by ``<!-- jef:options SECTION -->``.
-SECTIONS = {"target": "jef.config.options:TargetOptions", "train": "jef.config.options:TrainOptions",
+SECTIONS = {"target": "jef.builtin.targets:EmaTargetOptions", "train": "jef.config.options:TrainOptions",
             "eval": "jef.config.options:EvalOptions"}
 
 
 def options_markdown(section: str) -> str:
-    """The options table of ``target``, ``train`` or ``eval``, with YAML paths (``train.optimizer.lr``)."""
+    """The options table of ``target`` (the ``ema`` target's), ``train`` or ``eval``, with YAML paths (``train.optimizer.lr``)."""
     import importlib
 
     if section not in SECTIONS:

@@ -31,6 +31,8 @@ component's attrs options class and ``ctx`` is the read-only
   or DINO's centred teacher probabilities. Target makers run in pipeline
   order; every functional's ``forward`` then sees the made targets.
 * **dataset** -- a :class:`DataSplits`.
+* **target** -- a :class:`Target`: makes the target branch from the online
+  network (``shared``, ``stopgrad``, ``ema`` are built in, :mod:`jef.model.targets`).
 * **monitor** -- any object whose methods are ``@jef.hookimpl`` run hooks; it
   is registered with the plugin manager for the duration of a run.
 """
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 from torch import Tensor, nn
@@ -158,6 +160,26 @@ class StepOutputs:
     indices: Tensor | None = None
     assignments: list[Tensor] | None = None
     labels: Tensor | None = None
+
+
+class Target(Protocol):
+    """What a target maker (the ``target`` kind) provides.
+
+    A target object may also implement run hooks: it is registered for the run like any component
+    (the ``ema`` target moves its momentum copy in ``jef_step_end``).
+
+    Attributes:
+        projected: True when the target embeddings are projector outputs ``z``; False when they are
+            backbone features (an EMA target without its own projector copy). Sets ``ctx.target_dim``.
+    """
+
+    projected: bool
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once, when the model (a ``jef.model.joint.JointEmbedding``) is made, before any step."""
+
+    def embed(self, model: nn.Module, views: list[Tensor], online: Branch) -> Branch:
+        """The target branch of the global views ``views[:model.n_global]``, given the online branch."""
 
 
 class Term(NamedTuple):

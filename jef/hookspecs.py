@@ -11,9 +11,10 @@ Two families of hooks:
   :class:`RegisterCommand`); jef owns the name table and records which plugin (and distribution, version)
   provided each name.
 * **Run hooks** (``jef_run_start`` ... ``jef_run_end``) are called during
-  ``jef train`` on the plugins that are *active in that run*: every loaded
-  plugin module plus the components and monitors the pipeline selected, which
-  are registered for the run and unregistered after it.
+  ``jef train`` on the plugins *active in that run*: the built-ins, ``--plugin``
+  files and plugin objects, the installed plugins the pipeline selected (its
+  method's or its components'), and the components and monitors it built,
+  which are registered for the run and unregistered after it.
 """
 
 from __future__ import annotations
@@ -67,9 +68,7 @@ class RegisterCommand(Protocol):
                  description: str = "") -> None: ...
 
 
-# ---------------------------------------------------------------------------
-# Plugin set-up
-# ---------------------------------------------------------------------------
+# -- Plugin set-up ---------------------------------------------------------------------------------
 
 
 @hookspec(historic=True)
@@ -84,17 +83,14 @@ def jef_addhooks(pluginmanager: _pluggy.PluginManager) -> None:
     """
 
 
-# ---------------------------------------------------------------------------
-# Registration hooks: called once on every loaded plugin
-# ---------------------------------------------------------------------------
+# -- Registration hooks: called once on every loaded plugin ----------------------------------------
 
 
 @hookspec
 def jef_register_methods(register: RegisterMethod) -> None:
     """Register method recipes.
 
-    Call ``register(name, recipe, *, description="", paper="", multi_crop=False)``
-    where ``recipe`` is a mapping or the path of a YAML file holding a partial
+    ``recipe`` is a mapping or the path of a YAML file holding a partial
     pipeline (the defaults for every slot). Users select it with
     ``method: NAME``; their file and command-line overrides win over it.
     ``multi_crop=True`` declares that the method's objective is meant for
@@ -176,6 +172,18 @@ def jef_register_functionals(register: Register) -> None:
 
 
 @hookspec
+def jef_register_targets(register: Register) -> None:
+    """Register target makers (``target:``): how the target branch is made from the online network.
+
+    ``factory(options, ctx)`` returns a :class:`jef.components.Target`; it may implement run hooks (the
+    ``ema`` target moves its momentum copy in ``jef_step_end``).
+
+    Args:
+        register: Adds one target maker to jef's table (a :class:`Register`).
+    """
+
+
+@hookspec
 def jef_register_datasets(register: Register) -> None:
     """Register datasets.
 
@@ -203,7 +211,6 @@ def jef_register_monitors(register: Register) -> None:
 def jef_register_commands(register: RegisterCommand) -> None:
     """Register sub-commands of the ``jef`` command line.
 
-    Call ``register(name, handler, *, arguments=None, description="")``:
     ``arguments(parser)`` adds the command's options to an
     ``argparse.ArgumentParser``; ``handler(args) -> int`` runs it and returns
     the exit status.
@@ -213,9 +220,7 @@ def jef_register_commands(register: RegisterCommand) -> None:
     """
 
 
-# ---------------------------------------------------------------------------
-# Run hooks: called during a run on the plugins active in it
-# ---------------------------------------------------------------------------
+# -- Run hooks: called during a run on the plugins active in it ------------------------------------
 
 
 @hookspec
@@ -276,7 +281,7 @@ def jef_step_end(run: Run, outputs: StepOutputs | None, terms: dict[str, Any]) -
 
 @hookspec
 def jef_epoch_end(run: Run, epoch: int, metrics: dict[str, float]) -> None:
-    """Called at the end of each epoch, after the checkpoint is written.
+    """Called at the end of each epoch, before its checkpoint (so what the hooks change is in it).
 
     Args:
         run: The run.

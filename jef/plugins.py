@@ -14,7 +14,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
-import pkgutil
 import sys
 import traceback
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import attrs
 import pluggy
 
-import jef.builtin
+from jef.builtin import BUILTIN_PLUGINS
 from jef import hookspecs
 from jef.config import read_yaml
 from jef.names import hook_problems
@@ -87,8 +86,7 @@ def load_plugins(*, builtins: bool = True, entry_points: bool = True,
     """
     plugins = Plugins(new_manager(), Registry(read_recipe=read_yaml), {})
     if builtins:
-        # Every module of jef.builtin is a built-in plugin: adding one never means editing this file.
-        for module in sorted(info.name for info in pkgutil.iter_modules(jef.builtin.__path__)):
+        for module in BUILTIN_PLUGINS:  # listed explicitly: a helper module of the built-ins is no plugin
             _add(plugins, f"builtin.{module}", lambda m=module: importlib.import_module(f"jef.builtin.{m}"),
                  PluginInfo(f"builtin.{module}", "jef", _version("jef"), builtin=True, origin="builtin"))
     if entry_points:

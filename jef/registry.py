@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "head": "jef_register_heads",
     "energy": "jef_register_energies",
     "functional": "jef_register_functionals",
+    "target": "jef_register_targets",
     "dataset": "jef_register_datasets",
     "monitor": "jef_register_monitors",
     "command": "jef_register_commands",

@@ -293,7 +293,8 @@ def test_generated_references_name_everything(plugins, hooks_module):
 def test_generated_option_tables_cover_every_option(hooks_module):
     import attrs
 
-    from jef.config.options import EvalOptions, TargetOptions, TrainOptions
+    from jef.builtin.targets import EmaTargetOptions as TargetOptions
+    from jef.config.options import EvalOptions, TrainOptions
 
     def paths(cls, prefix):
         for field in attrs.fields(cls):

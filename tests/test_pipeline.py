@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from jef.components import Branch, StepOutputs
-from jef.config.options import TargetOptions
+from jef.builtin.targets import EmaTargetOptions
 from jef.model.joint import JointEmbedding, Objective
 from jef.model.targets import EmaTarget, SharedTarget, StopGradTarget
 
@@ -27,7 +27,7 @@ def _model(target="shared", predictor=None, functionals=()):
     projector = nn.Linear(6, 4)
     objective = Objective(("sq", Squared(), 2.0), [(name, f, w) for name, f, w in functionals])
     made = {"shared": SharedTarget, "stopgrad": StopGradTarget,
-            "ema": lambda: EmaTarget(TargetOptions(name="ema"), total_steps=10)}[target]()
+            "ema": lambda: EmaTarget(EmaTargetOptions(), total_steps=10)}[target]()
     return JointEmbedding(backbone, projector, predictor, objective, made, n_global=2)
 
 
@@ -85,7 +85,7 @@ def test_ema_target_is_a_frozen_copy_moved_only_by_the_update():
 
 
 def test_ema_momentum_follows_a_cosine_schedule():
-    updater = EmaTarget(TargetOptions(name="ema", momentum=0.996, final_momentum=1.0), total_steps=100)
+    updater = EmaTarget(EmaTargetOptions(momentum=0.996, final_momentum=1.0), total_steps=100)
     assert updater.momentum(0) == 0.996
     assert abs(updater.momentum(50) - 0.998) < 1e-9
     assert updater.momentum(100) == 1.0

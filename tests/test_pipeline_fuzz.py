@@ -44,7 +44,8 @@ from jef.cli import main
 from jef.components import DataSplits, RunContext
 from jef.config import LIST_SLOTS, SLOTS, TOP_LEVEL, load_pipeline, resolve
 from jef.run.optim import build_optimizer, lr_lambdas
-from jef.config.options import EvalOptions, TargetOptions, TrainOptions
+from jef.builtin.targets import EmaTargetOptions as TargetOptions
+from jef.config.options import EvalOptions, TrainOptions
 from jef.model.build import build
 from jef.plugins import load_plugins
 from jef.config.validate import ConfigError

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from jef.builtin.energies import ScaledCosineEnergy
-from jef.config.options import TargetOptions
+from jef.builtin.targets import EmaTargetOptions
 from jef.model.joint import JointEmbedding, Objective
 from jef.model.targets import EmaTarget
 from jef.plugins import load_plugins
@@ -35,7 +35,7 @@ class RecordingBN(nn.Module):
 
 def _shuffle_model(shuffle_bn):
     objective = Objective(("scaled_cosine", ScaledCosineEnergy(0.2), 1.0), [])
-    target = EmaTarget(TargetOptions(name="ema", shuffle_bn=shuffle_bn), total_steps=1)
+    target = EmaTarget(EmaTargetOptions(shuffle_bn=shuffle_bn), total_steps=1)
     return JointEmbedding(RecordingBN(), None, None, objective, target, n_global=2)
 
 

@@ -1,4 +1,4 @@
-"""Options of the parts of a pipeline that are not plugin components: target, training, evaluation."""
+"""Options of the parts of a pipeline that are not plugin components: training and evaluation."""
 
 from typing import Literal
 
@@ -19,43 +19,6 @@ def float32(instance: object, attribute: "attrs.Attribute", value: float) -> Non
     if abs(value) > FLOAT32_MAX:
         raise ValueError(f"'{attribute.name}' must be at most {FLOAT32_MAX:.4g}, the largest float32 (torch "
                          "computes with it in float32)", attribute, FLOAT32_MAX, value)
-
-
-@attrs.frozen(kw_only=True)
-class TargetOptions:
-    """How the target branch is made.
-
-    ``shared``: the online branch itself (SimCLR); ``stopgrad``: the online
-    network's outputs detached (SimSiam); ``ema``: a momentum copy updated as
-    ϑ ← mϑ + (1−m)θ after each step (BYOL, MoCo), m following ``schedule``
-    from ``momentum`` to ``final_momentum``. ``shuffle_bn`` (ema only) is
-    MoCo's shuffling BN (He et al., 2020, arXiv:1911.05722, Sec. 3.3): the
-    keys of each global view are computed on a randomly permuted batch in at
-    least two groups (across processes when distributed) and put back in
-    order, so that a key's BatchNorm statistics come from other samples than
-    its query's and the model cannot use them to find the positive.
-    """
-
-    name: Literal["shared", "stopgrad", "ema"] = attrs.field(default="shared", metadata=doc("shared | stopgrad | ema"))
-    momentum: float = attrs.field(
-        default=0.996, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("EMA momentum m at step 0")
-    )
-    final_momentum: float = attrs.field(
-        default=1.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("m at the last step (cosine)")
-    )
-    schedule: Literal["constant", "cosine"] = attrs.field(default="cosine", metadata=doc("momentum schedule"))
-    projector: bool = attrs.field(default=True, metadata=doc("the target has its own projector copy"))
-    shuffle_bn: bool = attrs.field(
-        default=False, validator=lambda instance, attribute, value: _ema_only(instance, value),
-        metadata=doc("ema only: compute keys on a shuffled batch in groups so that BatchNorm statistics "
-                     "cannot leak the positive (MoCo's shuffling BN)"),
-    )
-
-
-def _ema_only(options: "TargetOptions", shuffle_bn: bool) -> None:
-    if shuffle_bn and options.name != "ema":
-        raise ValueError(f"'shuffle_bn' applies only to the ema target (a separate key encoder), "
-                         f"got target {options.name!r}")
 
 
 @attrs.frozen(kw_only=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from jef.config.options import EvalOptions, TargetOptions, TrainOptions
+from jef.config.options import EvalOptions, TrainOptions
 from jef.config.overrides import apply_overrides
 from jef.config.validate import ConfigError, build_options, describe, join, short, to_plain
 from jef.config.yaml import check_size, read_yaml
@@ -67,6 +67,15 @@ class Slot:
         """The component's registered name."""
         return self.entry.name
 
+    def __getattr__(self, option: str) -> Any:
+        """An option's value: ``pipeline.target.momentum`` is ``pipeline.target.options.momentum``."""
+        if option.startswith("_") or option == "options":  # copy and pickle probe dunders before __init__
+            raise AttributeError(option)
+        try:
+            return getattr(self.options, option)
+        except AttributeError:
+            raise AttributeError(f"{self.kind} {self.entry.name!r} has no option {option!r}") from None
+
     def plain(self) -> dict[str, Any]:
         """The slot as it would be written in YAML, every option spelt out."""
         data: dict[str, Any] = {"name": self.entry.name}
@@ -93,7 +102,7 @@ class Pipeline:
     energy: Slot | None
     functionals: list[Slot]
     monitors: list[Slot]
-    target: TargetOptions
+    target: Slot
     train: TrainOptions
     eval: EvalOptions
 
@@ -108,14 +117,14 @@ class Pipeline:
             **{name: slot(getattr(self, name)) for name in SLOTS},
             "functionals": [s.plain() for s in self.functionals],
             "monitors": [s.plain() for s in self.monitors],
-            "target": to_plain(self.target), "train": to_plain(self.train), "eval": to_plain(self.eval),
+            "target": self.target.plain(), "train": to_plain(self.train), "eval": to_plain(self.eval),
         }
 
     def slots(self) -> list[tuple[str, Slot]]:
         """Every selected component with its YAML path."""
         pairs = [(name, getattr(self, name)) for name in SLOTS if getattr(self, name) is not None]
         pairs += [(join(name, i), s) for name in LIST_SLOTS for i, s in enumerate(getattr(self, name))]
-        return pairs
+        return [*pairs, ("target", self.target)]
 
 
 
@@ -211,7 +220,10 @@ def _slot(registry: Registry, kind: str, data: Any, path: str, weighted: bool) -
                               path=join(path, "weight"))
     try:
         options = build_options(entry.options, rest, path)
-    except ConfigError:
+    except ConfigError as error:
+        hint = _whose_option(registry, entry, rest)
+        if hint and error.reason.startswith("unknown key"):
+            raise ConfigError(f"{error.reason}; {hint}", path=error.path) from error
         raise
     except Exception as error:
         # The plugin's options class failed in a way its validators should have reported; say whose it is.
@@ -219,6 +231,24 @@ def _slot(registry: Registry, kind: str, data: Any, path: str, weighted: bool) -
                           f"these options with {type(error).__name__}: {error}; check the values against "
                           f"`jef list {kind}` and report the message to the plugin's authors", path=path) from error
     return Slot(kind, entry, options, float(weight))
+
+
+def _option_names(options: type) -> set[str]:
+    return {field.name for field in attrs.fields(options)} if attrs.has(options) else set()
+
+
+def _whose_option(registry: Registry, entry: Entry, options: Mapping[str, Any]) -> str:
+    """For an option of another component of the kind (``momentum`` on a ``shared`` target): whose it is."""
+    known = _option_names(entry.options)
+    for key in options:
+        if not isinstance(key, str) or key in known:
+            continue
+        owners = sorted({other.name for other in registry.entries(entry.kind)
+                         if other.name != entry.name and key in _option_names(other.options)})
+        if owners:
+            shown = ", ".join(owners[:4]) + (" ..." if len(owners) > 4 else "")
+            return f"{key!r} applies only to the {shown} {entry.kind}"
+    return ""
 
 
 def _validate(data: dict[str, Any], method: Entry | None, registry: Registry, source: str) -> Pipeline:
@@ -258,7 +288,7 @@ def _validate(data: dict[str, Any], method: Entry | None, registry: Registry, so
         raise ConfigError(f"expected a directory path, got {describe(run_dir)}", path="run_dir")
     return Pipeline(
         source=source, method=method, requires=requires, seed=seed, run_dir=run_dir, **slots, **lists,
-        target=build_options(TargetOptions, data.get("target"), "target"),
+        target=_slot(registry, "target", data.get("target") or {"name": "shared"}, "target", False),
         train=train,
         eval=build_options(EvalOptions, data.get("eval"), "eval"))
 

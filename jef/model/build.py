@@ -19,7 +19,7 @@ from jef.config.pipeline import Pipeline, Slot
 from jef.config.validate import ConfigError
 from jef.model.joint import JointEmbedding, Objective
 from jef.model.sync_bn import convert_sync_batchnorm
-from jef.model.targets import EmaTarget, SharedTarget, StopGradTarget
+from jef.model.targets import EmaTarget
 from jef.registry import BuildError
 
 __all__ = ["Built", "EmaTarget", "JointEmbedding", "Objective", "build", "build_data", "check"]
@@ -106,8 +106,9 @@ def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Mo
     if pipeline.predictor is not None:
         predictor = _make(pipeline.predictor, attrs.evolve(ctx, in_dim=z_dim), pipeline, "predictor")
         online_dim = _out_dim(pipeline.predictor, predictor, z_dim)
-    # An EMA target without its own projector compares backbone features.
-    target_dim = h_dim if pipeline.target.name == "ema" and not pipeline.target.projector else z_dim
+    target = _make(pipeline.target, ctx, pipeline, "target")
+    # A target without its own projector (an EMA copy of the backbone only) compares backbone features.
+    target_dim = z_dim if target.projected else h_dim
     # Energies and functionals see both widths; ``in_dim`` stays the target's (a queue sizes its buffer with it
     # before any batch, so that a checkpoint can be loaded into it).
     z_ctx = attrs.evolve(ctx, in_dim=target_dim, online_dim=online_dim, target_dim=target_dim)
@@ -116,9 +117,8 @@ def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Mo
     functionals = [Term(s.name, _make(s, z_ctx, pipeline, f"functionals.{i}"), s.weight)
                    for i, s in enumerate(pipeline.functionals)]
     _check_target_maker(pipeline, energy, functionals)
-    _check_widths(pipeline, energy, functionals, online_dim, target_dim)
+    _check_widths(pipeline, energy, functionals, online_dim, target_dim, target.projected)
     objective = Objective(energy, functionals)
-    target = _make_target(pipeline, ctx)
     model = JointEmbedding(backbone, projector, predictor, objective, target, augmenter.n_global)
     if pipeline.train.sync_bn and ctx.world_size > 1:
         _sync_batch_norm(model)
@@ -130,13 +130,6 @@ def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Mo
                   **{f"functionals.{i}": term.module for i, term in enumerate(functionals)}, "target": target}
     return z_ctx, augmenter, model, monitors, components
 
-
-def _make_target(pipeline: Pipeline, ctx: RunContext) -> Any:
-    """The target maker of ``pipeline.target``."""
-    target = pipeline.target
-    if target.name == "ema":
-        return EmaTarget(target, ctx.total_steps)
-    return StopGradTarget() if target.name == "stopgrad" else SharedTarget()
 
 
 def _out_dim(slot: Slot, head: nn.Module, in_dim: int) -> int:
@@ -191,7 +184,7 @@ def _check_target_maker(pipeline: Pipeline, energy: Term | None, functionals: li
 
 
 def _check_widths(pipeline: Pipeline, energy: Term | None, functionals: list[Term], online_dim: int,
-                  target_dim: int) -> None:
+                  target_dim: int, projected: bool) -> None:
     """The energy compares online outputs with target embeddings: when their widths differ, ask it now.
 
     One call on two random rows of each width (CPU, no gradient): an energy that compares embeddings of different
@@ -207,7 +200,8 @@ def _check_widths(pipeline: Pipeline, energy: Term | None, functionals: list[Ter
         with torch.no_grad():
             energy.module(a, b)
     except Exception as error:
-        (slot, online), (_, target) = _width_path(pipeline, online=True), _width_path(pipeline, online=False)
+        (slot, online), (_, target) = (_width_path(pipeline, online=True, projected=projected),
+                                       _width_path(pipeline, online=False, projected=projected))
         detail = (str(error).strip().splitlines() or [""])[0]
         advice = f"set {online} to {target_dim}" if online != slot else f"make {slot}'s output {target_dim} wide"
         raise ConfigError(
@@ -216,11 +210,11 @@ def _check_widths(pipeline: Pipeline, energy: Term | None, functionals: list[Ter
             f"{advice}, the width of {target}", path=slot, source=pipeline.source) from error
 
 
-def _width_path(pipeline: Pipeline, *, online: bool) -> tuple[str, str]:
+def _width_path(pipeline: Pipeline, *, online: bool, projected: bool) -> tuple[str, str]:
     """The slot, and the YAML path in it, that set the width of the online output or of the target embedding."""
     if online and pipeline.predictor is not None:
         path, slot = "predictor", pipeline.predictor
-    elif pipeline.projector is not None and (online or pipeline.target.name != "ema" or pipeline.target.projector):
+    elif pipeline.projector is not None and (online or projected):
         path, slot = "projector", pipeline.projector
     else:
         path, slot = "backbone", pipeline.backbone

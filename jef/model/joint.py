@@ -18,8 +18,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from jef.components import Branch, StepOutputs, StepResult, Term
-from jef.model.targets import SharedTarget, Target
+from jef.components import Branch, StepOutputs, StepResult, Target, Term
+from jef.model.targets import SharedTarget
 
 __all__ = ["JointEmbedding", "Objective"]
 

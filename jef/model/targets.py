@@ -15,35 +15,22 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from jef.components import Branch, StepOutputs
+from jef.components import Branch, StepOutputs, Target
 from jef.hookspecs import hookimpl
 from jef.model.shuffle_bn import shuffled_encode
 
 __all__ = ["EmaTarget", "SharedTarget", "StopGradTarget", "Target"]
 
 
-class Target(Protocol):
-    """What a target maker provides (the contract of the ``target`` kind)."""
-
-    #: True when the target has its own projector (its embedding is the projector's width, not the backbone's).
-    own_projector: bool
-
-    def attach(self, model: nn.Module) -> None:
-        """Called once with the model (a :class:`~jef.model.joint.JointEmbedding`) before any step."""
-
-    def embed(self, model: nn.Module, views: list[Tensor], online: Branch) -> Branch:
-        """The target branch for the global ``views`` (``views[:model.n_global]``)."""
-
-
 class SharedTarget:
     """The online branch itself: no copy, gradients flow through both sides of every pair."""
 
-    own_projector = True
+    projected = True
     shuffle_bn = False
 
     def attach(self, model: nn.Module) -> None:
@@ -78,7 +65,7 @@ class EmaTarget:
 
     def __init__(self, options: Any, total_steps: int) -> None:
         self.options, self.total_steps = options, max(total_steps, 1)
-        self.own_projector = bool(options.projector)
+        self.projected = bool(options.projector)
         self.shuffle_bn = bool(options.shuffle_bn)
         self.model: nn.Module | None = None
 
@@ -86,7 +73,7 @@ class EmaTarget:
         """Give the model its frozen copies (``target_backbone`` and, with ``projector``, ``target_projector``)."""
         self.model = model
         model.target_backbone = _frozen_copy(model.backbone)
-        model.target_projector = _frozen_copy(model.projector) if self.own_projector else None
+        model.target_projector = _frozen_copy(model.projector) if self.projected else None
 
     def embed(self, model: nn.Module, views: list[Tensor], online: Branch) -> Branch:
         global_views = views[:model.n_global]

@@ -154,6 +154,7 @@ def _component_slots(run: Run) -> dict[int, str]:
     for key in ("backbone", "projector", "predictor"):
         pairs.append((key, getattr(pipeline, key, None), getattr(model, key, None)))
     pairs.append(("energy", pipeline.energy, getattr(objective, "energy", None)))
+    pairs.append(("target", pipeline.target, getattr(model, "target", None)))
     for i, (slot, module) in enumerate(zip(pipeline.functionals, getattr(objective, "functionals", []),
                                            strict=False)):
         pairs.append((f"functionals[{i}]", slot, module))
