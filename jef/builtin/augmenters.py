@@ -1,15 +1,14 @@
 """Built-in augmenters: ``views``, batched SimCLR/BYOL/multi-crop views (see :mod:`jef.augment`)."""
 
-from collections.abc import Callable
 
 from jef.augment import ViewsAugmenter, ViewsOptions, build_views
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["ViewsAugmenter", "ViewsOptions", "build_views", "jef_register_augmenters"]
 
 
 @hookimpl
-def jef_register_augmenters(register: Callable[..., None]) -> None:
+def jef_register_augmenters(register: Register) -> None:
     """Register the ``views`` augmenter."""
     register(
         "views", build_views, options=ViewsOptions,

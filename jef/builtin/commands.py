@@ -11,12 +11,12 @@ import yaml
 
 from jef.components import describe_options
 from jef.config import Pipeline, load_pipeline
-from jef.hookspecs import hookimpl
+from jef.hookspecs import RegisterCommand, hookimpl
 from jef.registry import KINDS
 
 
 @hookimpl
-def jef_register_commands(register):
+def jef_register_commands(register: RegisterCommand) -> None:
     register("train", train_command, arguments=train_arguments,
              description="Train a pipeline file (YAML); key.path=value arguments override it.")
     register("plugins", plugins_command, arguments=plugins_arguments,

@@ -1,6 +1,5 @@
 """Built-in datasets, registered through the ``jef_register_datasets`` hook."""
 
-from collections.abc import Callable
 
 from jef.data.fashion import PAPER as FASHION_PAPER
 from jef.data.fashion import FashionMiniOptions, FashionOptions, build_fashion_mnist, build_fashion_mnist_mini
@@ -8,11 +7,11 @@ from jef.data.folder import FolderOptions, build_image_folder
 from jef.data.idx import IdxOptions, build_idx
 from jef.data.synthetic import SyntheticOptions, build_synthetic
 from jef.data.tvision import TorchvisionOptions, build_torchvision
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 
 @hookimpl
-def jef_register_datasets(register: Callable[..., None]) -> None:
+def jef_register_datasets(register: Register) -> None:
     """Register fashion_mnist_mini, fashion_mnist, idx, torchvision, image_folder and synthetic."""
     register("fashion_mnist_mini", build_fashion_mnist_mini, options=FashionMiniOptions,
              description="Bundled class-balanced Fashion-MNIST subset: 10k train / 2k test, 28x28 grey, "

@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 
-from jef.hookspecs import hookimpl
+from jef.hookspecs import RegisterCommand, hookimpl
 
 PROTOCOL_CHOICES = ("knn", "linear", "finetune", "all")
 
 
 @hookimpl
-def jef_register_commands(register):
+def jef_register_commands(register: RegisterCommand) -> None:
     register("eval", eval_command, arguments=eval_arguments,
              description="Evaluate a run's backbone offline (weighted kNN, linear probe, fine-tuning); "
                          "writes evaluation.json in the run directory.")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jef.hookspecs import hookimpl
+from jef.hookspecs import RegisterCommand, hookimpl
 
 
 @hookimpl
-def jef_register_commands(register):
+def jef_register_commands(register: RegisterCommand) -> None:
     register("embed", embed_command, arguments=embed_arguments,
              description="Write the features of every image of a dataset, image folder or data YAML, from a "
                          "trained run, to a .safetensors, .npz or .pt file.")

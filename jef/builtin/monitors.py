@@ -23,7 +23,7 @@ from jef.evaluate.collapse import (
     embedding_std,
     uniformity,
 )
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["CollapseMonitor", "CollapseOptions", "build_collapse", "jef_register_monitors", "notice"]
 
@@ -199,7 +199,7 @@ def build_collapse(options: CollapseOptions, ctx: RunContext) -> CollapseMonitor
 
 
 @hookimpl
-def jef_register_monitors(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_monitors(register: Register) -> None:
     """Register ``collapse``."""
     register("collapse", build_collapse, options=CollapseOptions,
              description="online diagnostics every `every` steps on the training batch's l2-normalised projector "

@@ -20,7 +20,7 @@ from jef.builtin.monitors import notice
 from jef.components import RunContext, StepOutputs
 from jef.dist import gather
 from jef.evaluate.online import OnlineLinearProbe
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["OnlineLinearMonitor", "OnlineLinearOptions", "build_online_linear", "jef_register_monitors"]
 
@@ -168,7 +168,7 @@ def build_online_linear(options: OnlineLinearOptions, ctx: RunContext) -> Online
 
 
 @hookimpl
-def jef_register_monitors(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_monitors(register: Register) -> None:
     """Register ``online_linear``."""
     register("online_linear", build_online_linear, options=OnlineLinearOptions,
              description="online linear probe on the detached h (or z) of view 0 of each augmented training "

@@ -23,7 +23,7 @@ from jef.builtin.monitors import notice
 from jef.components import RunContext
 from jef.dist import is_distributed
 from jef.evaluate.knn import knn_evaluate
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 
 __all__ = ["KnnMonitor", "KnnMonitorOptions", "build_knn", "jef_register_monitors"]
 
@@ -145,7 +145,7 @@ def build_knn(options: KnnMonitorOptions, ctx: RunContext) -> KnnMonitor:
 
 
 @hookimpl
-def jef_register_monitors(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_monitors(register: Register) -> None:
     """Register ``knn``."""
     register("knn", build_knn, options=KnnMonitorOptions,
              description="periodic offline kNN: every `every_epochs` epochs, weighted kNN top-1 of that epoch's "

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jef.hookspecs import hookimpl
+from jef.hookspecs import RegisterCommand, hookimpl
 
 
 @hookimpl
-def jef_register_commands(register):
+def jef_register_commands(register: RegisterCommand) -> None:
     register("report", report_command, arguments=report_arguments,
              description="Write an HTML report of a run (curves, views, embeddings, neighbours, pipeline); "
                          "several runs are compared side by side.")

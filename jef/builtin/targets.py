@@ -13,7 +13,7 @@ from attrs import validators as v
 
 from jef.components import NoOptions, RunContext
 from jef.config.options import doc
-from jef.hookspecs import hookimpl
+from jef.hookspecs import Register, hookimpl
 from jef.model.targets import EmaTarget, SharedTarget, StopGradTarget
 
 
@@ -54,7 +54,7 @@ def build_ema(options: EmaTargetOptions, ctx: RunContext) -> EmaTarget:
 
 
 @hookimpl
-def jef_register_targets(register) -> None:  # noqa: ANN001 - pluggy passes jef's register callable
+def jef_register_targets(register: Register) -> None:
     """Register ``shared``, ``stopgrad`` and ``ema``."""
     register("shared", build_shared, options=NoOptions,
              description="the online branch itself; gradients flow through both sides (SimCLR, VICReg)")
