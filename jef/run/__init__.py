@@ -3,6 +3,7 @@
 * :mod:`jef.run.loop` -- :func:`~jef.run.loop.train`, the loop;
 * :mod:`jef.run.state` -- :class:`~jef.run.state.Run`, what hooks see of a run, and per-run plugin registration;
 * :mod:`jef.run.terms` -- a step's loss terms, kept on the device between sync points;
+* :mod:`jef.run.accumulation` -- one optimiser step's micro-batches and ``train.on_nonfinite``;
 * :mod:`jef.run.faults` -- non-finite losses, signals, faults every process must agree on;
 * :mod:`jef.run.checkpoint` -- checkpoints and resuming;
 * :mod:`jef.run.directory` -- the run directory: its claim, lock and layout;
@@ -10,7 +11,7 @@
 * :mod:`jef.run.sampler` -- the order of the training samples;
 * :mod:`jef.run.optim` -- optimisers and schedules;
 * :mod:`jef.run.launch` -- how the processes were launched;
-* :mod:`jef.run.accelerate_compat` -- what differs between Accelerate versions.
+* :mod:`jef.run.accelerate_compat` -- what Accelerate's public API does not offer a plain loop.
 
 ``jef.run`` is also the public function that trains: ``jef.run(pipeline, ...)`` calls
 :func:`jef.run.loop.train`, as it did when ``run`` was a function of :mod:`jef`.
