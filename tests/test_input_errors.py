@@ -102,6 +102,10 @@ def jef_register_functionals(register):
     register("spread", lambda options, ctx: Spread())
 
 @hookimpl
+def jef_register_monitors(register):
+    register("watch", lambda options, ctx: object())  # selecting it selects the plugin: its run hooks run
+
+@hookimpl
 def jef_step_end(run, outputs, terms):
     if run.step == 2:
         1 / 0
@@ -142,7 +146,7 @@ def test_the_messages_are_as_documented(tmp_path, capsys, monkeypatch, one_threa
     with fake_distribution("jef-plugin-spread", SPREAD):
         plugins = load_plugins()
         with pytest.raises(ZeroDivisionError) as error:
-            tiny_run(steps=3, plugins=plugins)
+            tiny_run({"monitors": [{"name": "watch"}]}, steps=3, plugins=plugins)
         assert_documented("troubleshooting.md", "jef: raised in hook", "".join(traceback.format_exception(error.value)))
         functionals = [{"name": "info_nce", "temperature": 0.5}, {"name": "spread"}]
         with pytest.raises(RuntimeError) as error:
