@@ -11,7 +11,9 @@ component's attrs options class and ``ctx`` is the read-only
   ``n_views`` and ``n_global``; ``eval_view(images) -> Tensor`` is the
   deterministic test-time transform used by evaluation.
 * **backbone** -- ``nn.Module`` mapping ``[B, C, H, W]`` to ``[B, out_dim]``;
-  ``out_dim`` is known without a forward pass.
+  ``out_dim`` is known without a forward pass. A token backbone (the built-in
+  ``vit``) also has ``forward_tokens(images, mask=None, blocks=(), mask_mode="replace")``
+  returning :class:`Tokens`.
 * **head** (projector or predictor) -- ``nn.Module`` mapping ``[B, ctx.in_dim]``
   to ``[B, out_dim]``; attribute ``out_dim``.
 * **energy** (D) -- ``nn.Module``; ``forward(a, b) -> Tensor[N]``, one
@@ -259,3 +261,27 @@ def describe_options(options_cls: type) -> list[dict[str, Any]]:
         rows.append({"name": field.name, "type": type_name, "default": default,
                      "doc": field.metadata.get("doc", "")})
     return rows
+
+
+@attrs.frozen(kw_only=True)
+class Tokens:
+    """What a token backbone's ``forward_tokens`` returns: its tokens, besides the pooled ``h`` (ARCHITECTURE §8).
+
+    The base of masked methods (data2vec's targets from the teacher's top blocks, I-JEPA's and MAE's kept
+    tokens); see ``docs/vit.md``.
+
+    Attributes:
+        patches: Patch tokens after the final norm, ``[N, T, d]`` (``T`` the kept tokens when masked tokens
+            were dropped), in row-major grid order.
+        cls: The CLS token after the final norm, ``[N, d]``, or None for a backbone without one.
+        blocks: The outputs of the blocks asked for, ``[N, 1 + T, d]`` (CLS first, before the final norm),
+            keyed by the index as asked for (``-1`` is the last block).
+        mask: The ``[N, T]`` bool mask the backbone was given (True = masked), or None.
+        grid: The patch grid ``(rows, cols)`` of the images: ``T = rows * cols`` before any drop.
+    """
+
+    patches: Tensor
+    cls: Tensor | None
+    grid: tuple[int, int]
+    blocks: dict[int, Tensor] = attrs.field(factory=dict)
+    mask: Tensor | None = None
