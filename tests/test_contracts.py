@@ -49,7 +49,8 @@ BUILTINS = {
                    ("variance", {}), ("variance", {"gamma": 2.0}), ("covariance", {}),
                    ("cross_correlation", {}), ("cross_correlation", {"lambd": 0.1})],
     "augmenter": [("views", {}), ("views", {"n_local": 2, "blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]})],
-    "backbone": [("small_cnn", {"width": 4}), ("resnet18", {}), ("resnet18", {"small_images": True})],
+    "backbone": [("small_cnn", {"width": 4}), ("resnet18", {}), ("resnet18", {"small_images": True}),
+                 ("vit", {"preset": "tiny", "width": 32, "depth": 2, "heads": 2, "patch_size": 4})],
     "head": [("mlp", {"dims": [16, 8]}), ("mlp", {"dims": [16, 8], "last_batch_norm": True}), ("identity", {})],
 }
 CASES = [(kind, name, options) for kind, entries in BUILTINS.items() for name, options in entries]

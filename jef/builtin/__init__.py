@@ -26,6 +26,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "report_command",
     "step",
     "targets",
+    "vit",
 )
 
 __all__ = ["BUILTIN_PLUGINS"]
