@@ -158,7 +158,8 @@ def test_the_installed_wheel_works(wheels, name):
     package = Path(entry["package"])
     assert package.parent == target, f"{name} was imported from {package}, not from the wheel"
     source_package = sources[name] / package.name
-    assert _yaml_files(source_package), f"{source_package} has no YAML file: nothing checks the package data"
+    if entry["resolved"]:  # a method plugin ships its recipes as package data (an adapter, e.g. timm, has none)
+        assert _yaml_files(source_package), f"{source_package} has no YAML file: nothing checks the package data"
     missing = _yaml_files(source_package) - _yaml_files(package)
     assert not missing, f"the wheel of {name} leaves out {sorted(missing)}"
     for method, resolved in entry["resolved"].items():
