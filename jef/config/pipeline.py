@@ -34,6 +34,8 @@ SLOTS: dict[str, str] = {"data": "dataset", "augmenter": "augmenter", "backbone"
 LIST_SLOTS: dict[str, str] = {"functionals": "functional", "monitors": "monitor"}
 #: Slots that carry a loss ``weight`` beside their options.
 WEIGHTED = {"energy", "functionals"}
+#: Keys of the backbone slot beside its options, whatever the backbone (:mod:`jef.model.weights` reads them).
+BACKBONE_KEYS = ("weights", "weights_strict")
 TOP_LEVEL = ("method", "requires", "seed", "run_dir", *SLOTS, *LIST_SLOTS, "target", "train", "eval")
 #: Seeds go to torch and numpy; numpy takes 32-bit ones.
 MAX_SEED = 2**32 - 1
@@ -55,12 +57,18 @@ CORE_DEFAULTS: dict[str, Any] = {
 
 @attrs.frozen
 class Slot:
-    """One selected component: its registry entry, validated options and loss weight."""
+    """One selected component: its registry entry, validated options and loss weight.
+
+    A backbone slot may also name a local state dict to start from (``weights``, see :mod:`jef.model.weights`)
+    and whether every backbone key must be in it (``weights_strict``).
+    """
 
     kind: str
     entry: Entry
     options: Any
     weight: float = 1.0
+    weights: str | None = None
+    weights_strict: bool = True
 
     @property
     def name(self) -> str:
@@ -81,6 +89,8 @@ class Slot:
         data: dict[str, Any] = {"name": self.entry.name}
         if self.kind in ("energy", "functional"):
             data["weight"] = self.weight
+        if self.weights is not None:  # only then: runs saved before the key existed still resume unchanged
+            data.update(weights=self.weights, weights_strict=self.weights_strict)
         data.update(to_plain(self.options))
         return data
 
@@ -209,7 +219,8 @@ def _slot(registry: Registry, kind: str, data: Any, path: str, weighted: bool) -
         raise ConfigError(f"expected a mapping with a 'name' key choosing {_a(kind)}, such as {{name: ...}}, got "
                           f"{describe(data)}", path=path)
     entry = _lookup(registry, kind, data["name"], join(path, "name"))
-    rest = {k: v for k, v in data.items() if k not in ("name", "weight")}
+    slot_keys = ("name", "weight", *(BACKBONE_KEYS if kind == "backbone" else ()))
+    rest = {k: v for k, v in data.items() if k not in slot_keys}
     weight = 1.0
     if "weight" in data:
         if not weighted:
@@ -230,7 +241,23 @@ def _slot(registry: Registry, kind: str, data: Any, path: str, weighted: bool) -
         raise ConfigError(f"the options class of {kind} {entry.name!r} from plugin {entry.provenance} failed on "
                           f"these options with {type(error).__name__}: {error}; check the values against "
                           f"`jef list {kind}` and report the message to the plugin's authors", path=path) from error
-    return Slot(kind, entry, options, float(weight))
+    weights, strict = _backbone_weights(data, path) if kind == "backbone" else (None, True)
+    return Slot(kind, entry, options, float(weight), weights, strict)
+
+
+def _backbone_weights(data: Mapping[str, Any], path: str) -> tuple[str | None, bool]:
+    """The backbone slot's ``weights`` (a file path, or None) and ``weights_strict``."""
+    weights, strict = data.get("weights"), data.get("weights_strict", True)
+    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
+        raise ConfigError(f"expected the path of a local state dict (.safetensors, or a torch file such as .pt), "
+                          f"got {describe(weights)}", path=join(path, "weights"))
+    if not isinstance(strict, bool):
+        raise ConfigError(f"expected true (every backbone key must be in the weights file) or false (missing keys "
+                          f"are a warning), got {describe(strict)}", path=join(path, "weights_strict"))
+    if "weights_strict" in data and weights is None:
+        raise ConfigError("applies to the weights loaded from backbone.weights, which is not set; set weights: PATH "
+                          "or drop weights_strict", path=join(path, "weights_strict"))
+    return weights, strict
 
 
 def _option_names(options: type) -> set[str]:

@@ -8,6 +8,8 @@ anything trains, and name the YAML paths. The model and objective themselves are
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 import attrs
@@ -20,6 +22,7 @@ from jef.config.validate import ConfigError
 from jef.model.joint import JointEmbedding, Objective
 from jef.model.sync_bn import convert_sync_batchnorm
 from jef.model.targets import EmaTarget
+from jef.model.weights import find_weights, load_weights
 from jef.registry import BuildError
 
 __all__ = ["Built", "EmaTarget", "JointEmbedding", "Objective", "build", "build_data", "check"]
@@ -42,22 +45,28 @@ def build_data(pipeline: Pipeline, ctx: RunContext) -> DataSplits:
     return _make(pipeline.data, ctx, pipeline, "data")
 
 
-def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None) -> Built:
+def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None, *, weights: bool = True) -> Built:
     """Build data (unless given), augmenter, model (with objective) and monitors in dependency order.
 
     ``ctx`` is refined as facts become known: channels and image size from the
     data, view counts from the augmenter, ``in_dim`` for each head, the widths
     of the online output and the target embedding for energies and functionals.
 
+    With ``backbone.weights`` the backbone starts from that file (:mod:`jef.model.weights`), before the EMA
+    target copies it; process 0 prints what was loaded. ``weights=False`` skips the file (a model whose
+    weights come from a checkpoint next: a resumed run, a finished run opened for evaluation), which then
+    need not exist any more.
+
     Raises:
         ConfigError: The components do not fit together (local views for a method without multi-crop, an energy
             without the target maker it needs, an online output whose width the energy cannot compare with the
             target's); the message names the YAML paths.
         BuildError: A component's factory failed.
+        jef.model.weights.WeightsError: The weights file does not fit the backbone (a ``ConfigError``).
     """
     splits = splits if splits is not None else build_data(pipeline, ctx)
     ctx = attrs.evolve(ctx, in_channels=splits.channels, image_size=splits.image_size, train_size=len(splits.train))
-    ctx, augmenter, model, monitors, components = _build_model(pipeline, ctx)
+    ctx, augmenter, model, monitors, components = _build_model(pipeline, ctx, weights=weights)
     return Built(ctx, splits, augmenter, model, monitors, components)
 
 
@@ -67,8 +76,8 @@ def check(pipeline: Pipeline, ctx: RunContext | None = None) -> RunContext:
     The data is not loaded (it may be large, remote or not on this machine): its channels, image size and
     training-set size come from the data's options where it declares them (``channels``, ``image_size``,
     ``subset_train`` or ``train_size``) and are stand-ins otherwise, and ``ctx.dry_run`` tells factories so.
-    Nothing is trained or written. Returns the refined context (``online_dim``, ``target_dim`` for the energy
-    and functionals).
+    Nothing is trained or written; a ``backbone.weights`` file must exist but is not read. Returns the refined
+    context (``online_dim``, ``target_dim`` for the energy and functionals).
 
     Raises:
         ConfigError, BuildError: As :func:`build`.
@@ -89,14 +98,16 @@ def _declared(options: Any, name: str, default: int | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Module, JointEmbedding, list[Any],
-                                                               dict[str, Any]]:
+def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True
+                 ) -> tuple[RunContext, nn.Module, JointEmbedding, list[Any], dict[str, Any]]:
     """Augmenter, model (with objective), monitors and the named components, for data facts already in ``ctx``."""
     augmenter = _make(pipeline.augmenter, ctx, pipeline, "augmenter")
     ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
                        image_size=getattr(augmenter, "size", ctx.image_size))
     _check_multi_crop(pipeline, augmenter)
     backbone = _make(pipeline.backbone, ctx, pipeline, "backbone")
+    if weights:
+        _start_backbone(pipeline, backbone, ctx)  # before the model is made: an EMA target copies the backbone
     h_dim = z_dim = backbone.out_dim
     projector = predictor = None
     if pipeline.projector is not None:
@@ -130,6 +141,21 @@ def _build_model(pipeline: Pipeline, ctx: RunContext) -> tuple[RunContext, nn.Mo
                   **{f"functionals.{i}": term.module for i, term in enumerate(functionals)}, "target": target}
     return z_ctx, augmenter, model, monitors, components
 
+
+def _start_backbone(pipeline: Pipeline, backbone: nn.Module, ctx: RunContext) -> None:
+    """Load ``backbone.weights`` into the new backbone; a dry run (``jef config show``) only checks it is there."""
+    slot = pipeline.backbone
+    if slot.weights is None:
+        return
+    if ctx.dry_run:
+        find_weights(slot.weights, source=pipeline.source)
+        return
+    report = load_weights(backbone, slot.weights, strict=slot.weights_strict, source=pipeline.source)
+    if ctx.rank == 0:  # one line per run, not one per process
+        if report.missing:  # only without weights_strict: with it, missing keys were an error
+            warnings.warn(report.line(), stacklevel=2)
+        else:
+            print(report.line(), file=sys.stderr)
 
 
 def _out_dim(slot: Slot, head: nn.Module, in_dim: int) -> int:
