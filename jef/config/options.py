@@ -30,6 +30,11 @@ class OptimizerOptions:
     base rate for the whole run, while the rest follow ``train.scheduler``:
     SimSiam's predictor works best without decay (Chen & He, 2021,
     arXiv:2011.10566, Sec. 4.1 and Table 1, "lr with cosine decay" vs "fixed").
+
+    ``final_weight_decay`` puts the weight decay on a cosine schedule, from ``weight_decay`` at the first step to
+    ``final_weight_decay`` at the last, in the groups that decay (norms and biases excluded by
+    ``exclude_norm_and_bias`` stay at 0): DINO's 0.04 -> 0.4 (Caron et al., 2021, arXiv:2104.14294, Sec. 4.1).
+    ``None`` keeps it constant. See :func:`jef.run.optim.weight_decay_at`.
     """
 
     name: Literal["sgd", "lars", "adamw"] = attrs.field(default="sgd", metadata=doc("sgd | lars | adamw"))
@@ -38,7 +43,12 @@ class OptimizerOptions:
         default="linear", metadata=doc("lr × (global batch / 256), its sqrt, or as is")
     )
     momentum: float = attrs.field(default=0.9, validator=[v.ge(0.0), v.lt(1.0)], metadata=doc("SGD/LARS momentum"))
-    weight_decay: float = attrs.field(default=1e-6, validator=[v.ge(0.0), float32], metadata=doc("weight decay"))
+    weight_decay: float = attrs.field(default=1e-6, validator=[v.ge(0.0), float32],
+                                      metadata=doc("weight decay (at the first step, with final_weight_decay)"))
+    final_weight_decay: float | None = attrs.field(
+        default=None, validator=v.optional([v.ge(0.0), float32]),
+        metadata=doc("weight decay at the last step, reached on a cosine from weight_decay (DINO: 0.04 -> 0.4); "
+                     "null: constant"))
     betas: tuple[float, float] = attrs.field(
         default=(0.9, 0.999), validator=v.deep_iterable(member_validator=[v.ge(0.0), v.lt(1.0)]),
         metadata=doc("AdamW betas"))

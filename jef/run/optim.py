@@ -62,7 +62,9 @@ def parameter_groups(model: nn.Module, options: OptimizerOptions) -> list[dict]:
 
     With ``options.fixed_lr_predictor`` the predictor's parameters (``model.predictor``) get their own
     groups tagged ``fixed_lr=True``, after the others, so that group 0 (whose rate the loop logs) stays a
-    scheduled group. Every group carries ``fixed_lr``; :func:`lr_lambdas` reads it.
+    scheduled group. Every group carries ``fixed_lr``; :func:`lr_lambdas` reads it. With
+    ``options.final_weight_decay`` the decayed groups also carry ``initial_weight_decay`` and
+    ``final_weight_decay`` (the ends of their weight-decay schedule, as torch's schedulers keep ``initial_lr``).
 
     Raises:
         ValueError: ``fixed_lr_predictor`` is set but the model has no predictor.
@@ -82,7 +84,10 @@ def parameter_groups(model: nn.Module, options: OptimizerOptions) -> list[dict]:
                 (plain if options.exclude_norm_and_bias and param.ndim <= 1 else decayed).append(param)
         if is_fixed and not (decayed or plain):
             continue
-        groups.append({"params": decayed, "weight_decay": options.weight_decay, "fixed_lr": is_fixed})
+        group = {"params": decayed, "weight_decay": options.weight_decay, "fixed_lr": is_fixed}
+        if options.final_weight_decay is not None:
+            group.update(initial_weight_decay=options.weight_decay, final_weight_decay=options.final_weight_decay)
+        groups.append(group)
         if plain:
             groups.append({"params": plain, "weight_decay": 0.0, "lars_exclude": True, "fixed_lr": is_fixed})
     return groups
@@ -135,6 +140,17 @@ def warmup_cosine(options: ScheduleOptions, steps_per_epoch: int, total_steps: i
     return factor
 
 
+def weight_decay_at(start: float, end: float, step: int, total_steps: int) -> float:
+    """The weight decay of optimiser step ``step`` (from 0) of ``total_steps``: a cosine from ``start`` to ``end``.
+
+    The same cosine as the EMA target's momentum (:meth:`jef.model.targets.EmaTarget.momentum`), as DINO
+    schedules both (Caron et al., 2021, arXiv:2104.14294, Sec. 4.1): ``start`` at step 0, their mean at half
+    way, ``end`` from ``total_steps`` on.
+    """
+    total = max(total_steps, 1)
+    return end - (end - start) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
+
+
 def lr_lambdas(optimizer: torch.optim.Optimizer, options: ScheduleOptions, steps_per_epoch: int,
                total_steps: int) -> list[Callable[[int], float]]:
     """One ``LambdaLR`` multiplier per parameter group.
@@ -142,9 +158,40 @@ def lr_lambdas(optimizer: torch.optim.Optimizer, options: ScheduleOptions, steps
     Groups tagged ``fixed_lr`` (see :func:`parameter_groups`) keep factor 1.0 from the first step, warm-up
     included: SimSiam's official code sets the predictor's rate to the base rate at every epoch and never
     warms it up (Chen & He, 2021, arXiv:2011.10566, Sec. 4.1). The others follow :func:`warmup_cosine`.
+
+    A group tagged with a weight-decay schedule (``final_weight_decay``, see :func:`parameter_groups`) gets a
+    multiplier that also sets the group's ``weight_decay`` to :func:`weight_decay_at` of the step it is called
+    with: ``LambdaLR`` calls every multiplier once per ``scheduler.step()`` (and once when it is made) with the
+    number of steps taken, so the loop's one scheduler step drives both schedules, and the decay of optimiser
+    step ``k`` is the schedule's value at ``k``, as its rate is. The schedule is a function of the step count
+    alone and the value in use is saved with the optimiser's parameter groups, so a resumed run continues it
+    exactly. Groups without the tag (norms and biases at weight decay 0) are left alone.
     """
     scheduled = warmup_cosine(options, steps_per_epoch, total_steps)
-    return [_constant if group.get("fixed_lr") else scheduled for group in optimizer.param_groups]
+    lambdas = []
+    for index, group in enumerate(optimizer.param_groups):
+        factor = _constant if group.get("fixed_lr") else scheduled
+        if group.get("final_weight_decay") is not None:
+            factor = _decaying(optimizer, index, factor, group["initial_weight_decay"], group["final_weight_decay"],
+                               total_steps)
+        lambdas.append(factor)
+    return lambdas
+
+
+def _decaying(optimizer: torch.optim.Optimizer, index: int, factor: Callable[[int], float], start: float,
+              end: float, total_steps: int) -> Callable[[int], float]:
+    """``factor``, also setting parameter group ``index``'s weight decay for the step.
+
+    A closure, not an object: ``LambdaLR.state_dict`` saves the ``__dict__`` of callable objects, and this one
+    holds the optimiser. The group is looked up at each call: loading a state dict (a resume, Accelerate's
+    device placement) replaces the optimiser's group dicts.
+    """
+
+    def decaying(step: int) -> float:
+        optimizer.param_groups[index]["weight_decay"] = weight_decay_at(start, end, step, total_steps)
+        return factor(step)
+
+    return decaying
 
 
 def _constant(step: int) -> float:
