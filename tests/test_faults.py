@@ -197,6 +197,20 @@ def test_resuming_with_a_changed_pipeline_is_refused_listing_the_differences(plu
     assert pipeline_differences(saved, merge(saved, {"seed": 1})) == ["seed: 0 -> 1"]
 
 
+def test_options_of_another_version_of_a_component_are_no_difference():
+    # A run saved before the shared target lost its momentum options and before final_weight_decay existed.
+    saved = {"target": {"name": "shared", "momentum": 0.996, "projector": True},
+             "train": {"optimizer": {"name": "sgd", "lr": 0.1}}, "functionals": [{"name": "info_nce"}]}
+    current = {"target": {"name": "shared"},
+               "train": {"optimizer": {"name": "sgd", "lr": 0.1, "final_weight_decay": None}},
+               "functionals": [{"name": "info_nce"}, {"name": "variance"}]}
+    assert pipeline_differences(saved, current) == ["functionals.1.name: '(absent)' -> 'variance'"]
+    changed = {**current, "target": {"name": "ema", "momentum": 0.99}}
+    assert pipeline_differences(saved, changed) == [
+        "functionals.1.name: '(absent)' -> 'variance'", "target.momentum: 0.996 -> 0.99", "target.name: 'shared' -> 'ema'",
+        "target.projector: True -> '(absent)'"]
+
+
 def test_a_forced_resume_goes_on_with_a_warning(plugins, tmp_path, one_thread):
     tiny_run({**NO_KNN, "train": {"epochs": 2}}, steps=2, run_dir=tmp_path, plugins=plugins)
     lower = {**NO_KNN, "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}}}

@@ -157,3 +157,14 @@ def test_the_schedule_changes_the_trained_weights(tmp_path, plugins):
     a = load_checkpoint(constant.run_dir / "checkpoint.pt")["model"]
     b = load_checkpoint(scheduled.run_dir / "checkpoint.pt")["model"]
     assert not torch.equal(a["backbone.features.0.weight"], b["backbone.features.0.weight"])
+
+
+def test_the_scheduled_decay_is_in_the_metrics_lines(tmp_path, plugins):
+    import json
+
+    run = tiny_run(SCHEDULED, steps=4, run_dir=tmp_path / "logged", plugins=plugins)
+    lines = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [line["weight_decay"] for line in lines if "weight_decay" in line]
+    assert logged == pytest.approx([weight_decay_at(START, END, k, 4) for k in range(1, 5)])  # 4 steps in all
+    plain = tiny_run(steps=2, run_dir=tmp_path / "plain", plugins=plugins)  # constant: not logged
+    assert "weight_decay" not in (plain.run_dir / "metrics.jsonl").read_text()

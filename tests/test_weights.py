@@ -221,3 +221,20 @@ def test_load_weights_returns_what_it_loaded(plugins, weights, tmp_path):
     report = load_weights(module, tmp_path / "ckpt.pt")
     assert (report.prefix, report.loaded, report.total, report.missing, report.unexpected, report.ignored) == (
         "backbone.", 24, 24, [], [], 0)
+
+
+def test_a_resumed_run_needs_its_checkpoint_not_the_weights_file(plugins, weights, tmp_path, capsys):
+    path = tmp_path / "start.pt"
+    torch.save(weights, path)
+    from jef.testing import InterruptAt
+
+    plugins.manager.register(InterruptAt(2), name="stopper")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tiny_run({"backbone": {"weights": str(path)}}, steps=3, run_dir=tmp_path / "run", plugins=plugins)
+    finally:
+        plugins.manager.unregister(name="stopper")
+    path.unlink()  # moved away after the run started: the checkpoint holds the trained weights
+    resumed = tiny_run({"backbone": {"weights": str(path)}}, steps=3, run_dir=tmp_path / "run", plugins=plugins,
+                       resume=True)
+    assert resumed.hooks_called.count("jef_train_step") == 1

@@ -200,16 +200,28 @@ def _check_world_size(state: dict[str, Any], path: Path, *, force: bool, world_s
 
 
 def pipeline_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``path: saved -> current`` for every setting that differs, ignoring :data:`RESUME_MAY_CHANGE`."""
+    """``path: saved -> current`` for every setting that differs, ignoring :data:`RESUME_MAY_CHANGE`.
+
+    Both pipelines spell out every option, so an option on one side only comes from another version of the
+    component (an option jef added, with a default that keeps the old behaviour, or one it dropped, as the
+    ``shared`` target's momentum): it is no difference when the component itself (its ``name``) is the same.
+    """
     old, new = _flatten(saved), _flatten(current)
     lines = []
     for key in sorted(old.keys() | new.keys()):
         if any(key == prefix or key.startswith(prefix + ".") for prefix in RESUME_MAY_CHANGE):
             continue
+        if (key in old) != (key in new) and _same_component(old, new, key.rpartition(".")[0]):
+            continue
         before, after = old.get(key, "(absent)"), new.get(key, "(absent)")
         if before != after:
             lines.append(f"{key}: {before!r} -> {after!r}")
     return lines
+
+
+def _same_component(old: dict[str, Any], new: dict[str, Any], parent: str) -> bool:
+    name = f"{parent}.name" if parent else "name"
+    return name in old and name in new and old[name] == new[name]
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

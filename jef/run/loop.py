@@ -106,7 +106,9 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator,
     total = min(per_epoch * options.epochs, options.max_steps or sys.maxsize)  # None: no cap
     if (complete := claim.already_complete(total)) is not None:  # a finished run: nothing to do
         return complete
-    built = build(pipeline, attrs.evolve(ctx, steps_per_epoch=per_epoch, total_steps=total), splits)
+    # A resumed run's weights come from its checkpoint: backbone.weights need not be there any more.
+    built = build(pipeline, attrs.evolve(ctx, steps_per_epoch=per_epoch, total_steps=total), splits,
+                  weights=claim.resumed is None)
     evaluation = RunEvaluation(pipeline, built.model.backbone)  # before a checkpoint changes it
     # Its own generator: otherwise each new iterator (each epoch, a resumed epoch) draws from the
     # global RNG, which the step's own randomness (MoCo's shuffled BN) uses, and a resumed run
@@ -230,6 +232,8 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
             record = {**(terms.floats() if step.update else {}),
                       "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate,
                       "epoch": run.epoch, **on_host(run.pending)}
+            if options.optimizer.final_weight_decay is not None:  # train.optimizer's schedule
+                record["weight_decay"] = max(g["weight_decay"] for g in run.optimizer.param_groups)
             run.pending.clear()
             logger.write(run.step, record)
             bar.set_postfix(epoch=run.epoch, loss=f"{record.get('loss', float('nan')):.4f}",

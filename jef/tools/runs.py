@@ -94,7 +94,7 @@ def load_run(path: str | Path, overrides: list[str] | None = None, *, plugins: A
     ctx = RunContext(seed=pipeline.seed, batch_size=pipeline.train.batch_size,
                      global_batch_size=pipeline.train.batch_size, epochs=pipeline.train.epochs,
                      run_dir=directory)
-    built = build(pipeline, ctx, splits)
+    built = build(pipeline, ctx, splits, weights=False)  # the run's checkpoint holds the weights
     try:
         built.model.load_state_dict(state["model"])
     except RuntimeError as error:
