@@ -43,6 +43,7 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "moco_v1": {"functionals": [{"name": "queue_info_nce", "temperature": 0.07, "size": 64}]},
     "moco_v2": {"functionals": [{"name": "queue_info_nce", "temperature": 0.2, "size": 64}]},
     "moco_v3": {"predictor": {"dims": [32, 16]}},
+    "moco_v3_resnet": {"predictor": {"dims": [32, 16]}},
     "instdisc": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
                  "functionals": [{"name": "memory_bank", "dim": 16, "noise_samples": 64}]},
     "swav": {"augmenter": MULTI_CROP,

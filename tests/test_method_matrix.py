@@ -45,6 +45,13 @@ METHODS = {
     "moco_v1": {"functionals": [{"name": "queue_info_nce", "temperature": 0.07, "size": 48}]},
     "moco_v2": {"functionals": [{"name": "queue_info_nce", "temperature": 0.2, "size": 48}]},
     "moco_v3": {"predictor": {"dims": [32, 16]}},
+    "moco_v3_resnet": {"predictor": {"dims": [32, 16]}},
+    # The ViT recipe on a tiny ViT (the entry above keeps the tiny settings' small_cnn): 4-pixel patches of
+    # 16-pixel views, sin-cos positions and the frozen patch projection, which DDP must leave without gradient.
+    "moco_v3_vit": {"method": "moco_v3", "augmenter": {"size": 16},
+                    "backbone": {"name": "vit", "preset": "tiny", "width": 32, "depth": 2, "heads": 2,
+                                 "patch_size": 4},
+                    "predictor": {"dims": [32, 16]}},
     "byol": {"predictor": {"dims": [32, 16]}},
     "simsiam": {"predictor": {"dims": [8, 16]}},
     "barlowtwins": {},

@@ -187,6 +187,11 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "moco_v2": {"augmenter": {"blur_p": 0.0}, "functionals": [{"name": "queue_info_nce", "temperature": 0.2,
                                                                "size": 64}]},
     "moco_v3": {"augmenter": {"blur_p": 0.0}, "predictor": {"dims": [32, 16]}},
+    "moco_v3_resnet": {"augmenter": {"blur_p": 0.0}, "predictor": {"dims": [32, 16]}},
+    # Not a method name: MoCo v3's ViT recipe on a tiny ViT (the entry moco_v3 keeps the tiny settings' small_cnn).
+    "moco_v3_vit": {"method": "moco_v3", "augmenter": {"size": 16, "blur_p": 0.0}, "predictor": {"dims": [32, 16]},
+                    "backbone": {"name": "vit", "preset": "tiny", "width": 32, "depth": 2, "heads": 2,
+                                 "patch_size": 4}},
     "instdisc": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
                  "functionals": [{"name": "memory_bank", "dim": 16, "noise_samples": 64}]},
     "swav": {"augmenter": {"n_local": 2, "local_size": 8, "blur_p": 0.0},
@@ -279,6 +284,12 @@ def test_every_method_trains_in_bf16_and_under_fp16_autocast(method, tmp_path, o
         # only (measured: up to 3e-3 relative in bf16, 7e-4 under fp16 autocast).
         tol = TOLERANCE[torch.bfloat16 if what == "bf16" else torch.float16] / 2
         assert recorder.terms[0]["loss"] == pytest.approx(first, rel=tol, abs=tol), what
+
+
+@pytest.mark.parametrize("variant", ["moco_v3_vit"])
+def test_a_vit_recipe_trains_in_bf16_and_under_fp16_autocast(variant, tmp_path, one_thread):
+    """As the test above, for a recipe on a ViT (attention, LayerNorm, GELU in half precision)."""
+    test_every_method_trains_in_bf16_and_under_fp16_autocast(variant, tmp_path, one_thread)
 
 
 def test_the_precision_matrix_script_writes_its_table(tmp_path, one_thread):

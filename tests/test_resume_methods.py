@@ -23,6 +23,11 @@ METHODS = {
     "simclr": {"method": "simclr"},
     # The queue holds two batches: it fills during the first epoch and wraps around afterwards.
     "moco_v2": {"method": "moco_v2", "functionals": [{"name": "queue_info_nce", "size": 32, "temperature": 0.2}]},
+    # MoCo v3's ViT recipe on a tiny ViT: AdamW moments, the EMA key encoder at a cosine momentum, the warm-up.
+    "moco_v3_vit": {"method": "moco_v3", "augmenter": {"size": 16},
+                    "backbone": {"name": "vit", "preset": "tiny", "width": 32, "depth": 2, "heads": 2,
+                                 "patch_size": 4},
+                    "predictor": {"dims": [32, 16]}},
     # Prototypes thaw after step 3; the queue starts filling at epoch 1 (step 5) and is used from step 7.
     "swav": {"method": "swav", "augmenter": MULTI_CROP,
              "functionals": [{"name": "sinkhorn", "n_prototypes": 16, "freeze_prototypes_steps": 3,

@@ -169,4 +169,4 @@ def test_the_installed_wheel_works(wheels, name):
 def test_every_method_was_resolved(wheels):
     _, _, report = wheels
     assert report[SCAFFOLDS["method"]]["resolved"] == {SCAFFOLDS["method"]: SCAFFOLDS["method"]}
-    assert set(report["moco"]["resolved"]) == {"moco_v1", "moco_v2", "moco_v3"}
+    assert set(report["moco"]["resolved"]) == {"moco_v1", "moco_v2", "moco_v3", "moco_v3_resnet"}
