@@ -14,7 +14,8 @@ from typing import Any
 from torch import nn
 
 from jef.evaluate.knn import knn_evaluate
-from jef.evaluate.protocols import evaluate_backbone, write_evaluation
+from jef.config.validate import ConfigError
+from jef.evaluate.protocols import check_backbone, evaluate_backbone, write_evaluation
 from jef.hookspecs import hookimpl
 
 __all__ = ["RunEvaluation"]
@@ -31,6 +32,10 @@ class RunEvaluation:
 
     def __init__(self, pipeline: Any, backbone: nn.Module) -> None:
         self.pipeline = pipeline
+        try:  # eval options the backbone cannot serve (a CNN's last_blocks) fail before training, not after
+            check_backbone(backbone, pipeline.eval)
+        except ConfigError as error:
+            raise error.located(pipeline.source) from None
         self.random_backbone = copy.deepcopy(backbone) if pipeline.eval.knn.baseline else None
         self.baseline: float | None = None
 

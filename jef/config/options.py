@@ -129,6 +129,11 @@ class LinearProbeOptions:
     BatchNorm without affine parameters, as in MAE, arXiv:2111.06377, appendix "Linear probing")
     is trained with SGD (momentum 0.9) and a cosine schedule. See
     ``docs/evaluation.md``.
+
+    ``last_blocks`` and ``avgpool_patches`` choose the features of a token backbone (jef's ``vit``) as DINO's
+    linear evaluation does (Caron et al., 2021, arXiv:2104.14294, ``eval_linear.py``): the CLS tokens of the last
+    ``last_blocks`` blocks, each after the final norm, concatenated (4 for ViT-S), and with ``avgpool_patches`` the
+    mean of the last block's patch tokens after it (ViT-B). The defaults probe ``h``, as for every backbone.
     """
 
     enabled: bool = attrs.field(default=False, metadata=doc("run the linear probe at the end when the data has labels"))
@@ -140,6 +145,13 @@ class LinearProbeOptions:
                                       metadata=doc("weight decay of the head"))
     normalize: Literal["batchnorm", "none"] = attrs.field(
         default="batchnorm", metadata=doc("batchnorm: BatchNorm without affine before the linear layer | none"))
+    last_blocks: int = attrs.field(
+        default=1, validator=v.ge(1),
+        metadata=doc("1: the backbone's h | n > 1: the CLS tokens of the last n blocks after the final norm, "
+                     "concatenated (DINO: 4 for ViT-S; needs forward_tokens, e.g. vit)"))
+    avgpool_patches: bool = attrs.field(
+        default=False, metadata=doc("also concatenate the mean of the last block's patch tokens after the final "
+                                    "norm (DINO's avgpool, ViT-B; needs forward_tokens)"))
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +161,13 @@ class FinetuneOptions:
     The backbone (a copy) learns at ``lr × backbone_lr_scale``, the head at
     ``lr``; SGD (momentum 0.9), cosine schedule, light augmentation (the
     ``eval_view``, flipped at random when ``flip``). See ``docs/evaluation.md``.
+
+    ``layer_decay`` gives a ViT's layers rates that shrink with depth from the head (BEiT, Bao et al., 2021,
+    arXiv:2106.08254; MAE, He et al., 2021, arXiv:2111.06377, ``param_groups_lrd``): block ``i`` of ``depth``
+    learns at ``lr × layer_decay^(depth − i)``, the patch embedding, position embedding and CLS (and mask) token
+    at ``lr × layer_decay^(depth + 1)``, the final norm and the head at ``lr``; it replaces
+    ``backbone_lr_scale``, and norms, biases (every 1-D parameter), ``pos_embed`` and ``cls_token`` get no weight
+    decay. See :func:`jef.evaluate.finetune.finetune_param_groups`.
     """
 
     enabled: bool = attrs.field(default=False, metadata=doc("fine-tune at the end when the data has labels"))
@@ -160,6 +179,19 @@ class FinetuneOptions:
     batch_size: int = attrs.field(default=128, validator=v.ge(2), metadata=doc("images per step"))
     weight_decay: float = attrs.field(default=0.0, validator=[v.ge(0.0), float32], metadata=doc("weight decay"))
     flip: bool = attrs.field(default=True, metadata=doc("flip training images horizontally with probability 0.5"))
+    layer_decay: float | None = attrs.field(
+        default=None, validator=v.optional([v.gt(0.0), v.le(1.0)]),
+        metadata=doc("layer-wise lr decay of a ViT (BEiT, MAE: 0.65 to 0.75): block i at lr × this^(depth − i), "
+                     "embeddings at lr × this^(depth + 1); replaces backbone_lr_scale; null: one backbone rate"))
+
+    @layer_decay.validator
+    def _replaces_backbone_lr_scale(self, attribute: "attrs.Attribute", value: float | None) -> None:
+        # Both would set the backbone's rate; a scale the user changed would silently be ignored.
+        default = attrs.fields(type(self)).backbone_lr_scale.default
+        if value is not None and self.backbone_lr_scale != default:
+            raise ValueError(f"{value:g} sets the rate of every backbone layer, replacing backbone_lr_scale "
+                             f"({self.backbone_lr_scale:g} here); remove backbone_lr_scale, or set layer_decay: "
+                             "null to keep one backbone rate", attribute, value)
 
 
 @attrs.frozen(kw_only=True)

@@ -10,8 +10,8 @@ from jef.evaluate.collapse import (
     embedding_std,
     uniformity,
 )
-from jef.evaluate.features import extract_features
-from jef.evaluate.finetune import FinetuneResult, finetune
+from jef.evaluate.features import extract_feature_sets, extract_features, probe_features
+from jef.evaluate.finetune import FinetuneResult, finetune, finetune_optimizer, finetune_param_groups
 from jef.evaluate.knn import knn_accuracy, knn_evaluate, knn_predict, knn_scores, knn_top1
 from jef.evaluate.linear import LinearProbeResult, linear_probe, topk_accuracy
 from jef.evaluate.online import OnlineLinearProbe
@@ -19,6 +19,7 @@ from jef.evaluate.protocols import (
     EVALUATION_NAME,
     PROTOCOLS,
     Result,
+    check_backbone,
     evaluate_backbone,
     read_evaluation,
     require_labels,
@@ -35,18 +36,23 @@ __all__ = [
     "Result",
     "alignment",
     "assignment_entropy",
+    "check_backbone",
     "class_usage",
     "effective_rank",
     "embedding_std",
     "evaluate_backbone",
+    "extract_feature_sets",
     "extract_features",
     "finetune",
+    "finetune_optimizer",
+    "finetune_param_groups",
     "knn_accuracy",
     "knn_evaluate",
     "knn_predict",
     "knn_scores",
     "knn_top1",
     "linear_probe",
+    "probe_features",
     "read_evaluation",
     "require_labels",
     "topk_accuracy",

@@ -11,13 +11,23 @@ transform every pipeline has).
 
 The loop has the shape of Accelerate's ``cv_example.py``: build, one
 ``prepare``, a plain loop, ``gather_for_metrics`` for the test accuracy.
+
+With ``layer_decay`` a ViT is fine-tuned as BEiT and MAE do, with layer-wise
+rate decay (:func:`finetune_param_groups`).
+
+References:
+    [1] Bao et al., BEiT: BERT Pre-Training of Image Transformers, 2021, arXiv:2106.08254: layer-wise decay.
+    [2] He et al., Masked Autoencoders Are Scalable Vision Learners (MAE), 2021, arXiv:2111.06377;
+        ``util/lr_decay.py`` (``param_groups_lrd``, ``get_layer_id_for_vit``) of facebookresearch/mae.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import torch
@@ -28,10 +38,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from jef.components import DataSplits
+from jef.config.validate import ConfigError
 from jef.evaluate.linear import MOMENTUM, cosine_lambda, topk_accuracy
 from jef.config.options import FinetuneOptions
 
-__all__ = ["FinetuneResult", "finetune"]
+__all__ = ["FinetuneResult", "finetune", "finetune_optimizer", "finetune_param_groups", "vit_layer"]
+
+#: ``blocks.N.`` anywhere in a parameter's name: jef's ``vit``, and timm's ViTs (``model.blocks.N.`` in
+#: jef-plugin-timm's wrapper).
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+#: Name parts of what comes before the first block: layer 0.
+_EMBEDDINGS = frozenset({"patch_embed", "pos_embed", "cls_token", "mask_token", "reg_token", "dist_token"})
+#: Parameters without weight decay besides the 1-D ones (MAE's ``no_weight_decay_list``, with the mask token).
+_NO_WEIGHT_DECAY = frozenset({"pos_embed", "cls_token", "mask_token", "reg_token", "dist_token"})
 
 
 @attrs.frozen
@@ -89,6 +108,62 @@ def _accelerator(device: torch.device) -> Iterator[Accelerator]:
             state._shared_state.update(shared)
 
 
+def vit_layer(name: str, depth: int) -> int:
+    """The layer of a ViT parameter, as MAE's ``get_layer_id_for_vit`` [2] and BEiT [1] count them.
+
+    0: the patch embedding, position embedding, CLS, mask, register and distillation tokens; ``i + 1``: block
+    ``i`` (``blocks.i.``, anywhere in the name); ``depth + 1``: everything else (the final norm, a head).
+    """
+    match = _BLOCK.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if _EMBEDDINGS.intersection(name.split(".")) else depth + 1
+
+
+def finetune_param_groups(backbone: nn.Module, head: nn.Module, options: FinetuneOptions) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups for fine-tuning ``backbone`` with ``head`` (trainable parameters only).
+
+    Without ``options.layer_decay``: two groups, the backbone at ``lr × backbone_lr_scale`` and the head at
+    ``lr``, both with ``weight_decay``. With it (BEiT [1], MAE [2]): a parameter of layer ``l``
+    (:func:`vit_layer`; the head is layer ``depth + 1``) learns at ``lr × layer_decay^(depth + 1 − l)``, so block
+    ``i`` at ``lr × layer_decay^(depth − i)``, the embeddings at ``lr × layer_decay^(depth + 1)``, the final norm
+    and the head at ``lr``; 1-D parameters (norms, biases, layer scales), ``pos_embed`` and ``cls_token`` (and
+    the other tokens) get no weight decay, as MAE's ``param_groups_lrd``. Each group then has ``layer`` (its
+    ``l``) and ``names`` (its parameters' names, the head's as ``head.*``).
+
+    Raises:
+        ConfigError: ``layer_decay`` with a backbone that has no ``blocks.N.`` parameters (not a ViT).
+    """
+    trainable = [p for p in backbone.parameters() if p.requires_grad]
+    if options.layer_decay is None:
+        return [{"params": trainable, "lr": options.lr * options.backbone_lr_scale},
+                {"params": list(head.parameters()), "lr": options.lr}]
+    blocks = [int(m.group(1)) for name, _ in backbone.named_parameters() if (m := _BLOCK.search(name))]
+    if not blocks:
+        raise ConfigError(
+            f"layer-wise lr decay needs a ViT whose parameters are named blocks.N. (jef's `vit`, a timm ViT); "
+            f"the backbone ({type(backbone).__name__}) has none; set eval.finetune.layer_decay: null to train it "
+            "at lr × backbone_lr_scale", path="eval.finetune.layer_decay")
+    depth = max(blocks) + 1
+    named = [(name, p, vit_layer(name, depth)) for name, p in backbone.named_parameters() if p.requires_grad]
+    named += [(f"head.{name}", p, depth + 1) for name, p in head.named_parameters() if p.requires_grad]
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, parameter, layer in named:
+        decays = parameter.ndim > 1 and name.rpartition(".")[2] not in _NO_WEIGHT_DECAY
+        group = groups.setdefault((layer, decays), {
+            "params": [], "names": [], "layer": layer, "lr": options.lr * options.layer_decay ** (depth + 1 - layer),
+            "weight_decay": options.weight_decay if decays else 0.0})
+        group["params"].append(parameter)
+        group["names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def finetune_optimizer(backbone: nn.Module, head: nn.Module, options: FinetuneOptions) -> torch.optim.SGD:
+    """SGD (momentum 0.9, ``options.weight_decay``) over :func:`finetune_param_groups`: what :func:`finetune` uses."""
+    return torch.optim.SGD(finetune_param_groups(backbone, head, options), momentum=MOMENTUM,
+                           weight_decay=options.weight_decay)
+
+
 def _flip(images: Tensor, generator: torch.Generator) -> Tensor:
     """Each image mirrored left-right with probability 0.5 (draws from a CPU generator: same on every device)."""
     mirror = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
@@ -112,7 +187,9 @@ def finetune(
     ``options.weight_decay``) on the cross-entropy for ``options.epochs``
     epochs, the head at ``options.lr`` and the backbone at ``options.lr ×
     options.backbone_lr_scale``, both decaying to 0 along a cosine, step by
-    step; BatchNorm layers run in training mode. Unlabelled training images
+    step (with ``options.layer_decay``, a ViT's layers at decaying rates
+    instead: :func:`finetune_param_groups`); BatchNorm layers run in
+    training mode. Unlabelled training images
     (label -1) take part in the BatchNorm statistics but not in the loss. The
     test split is scored in eval mode on the ``eval_view``. On one device the
     result is deterministic given ``seed`` (order, flips, head initialisation).
@@ -133,6 +210,7 @@ def finetune(
 
     Raises:
         ValueError: Unlabelled data, no test split, or a backbone without ``out_dim``.
+        ConfigError: ``options.layer_decay`` with a backbone that is not a ViT.
     """
     options = options or FinetuneOptions()
     if not splits.labelled or splits.test is None or len(splits.test) == 0:  # type: ignore[arg-type]
@@ -147,11 +225,7 @@ def finetune(
     with _accelerator(torch.device(device)) as accelerator, _seeded(seed, accelerator.device):
         head = nn.Linear(model.out_dim, splits.num_classes)  # type: ignore[arg-type]
         classifier = _Classifier(model, head)
-        optimizer = torch.optim.SGD(
-            [{"params": [p for p in model.parameters() if p.requires_grad],
-              "lr": options.lr * options.backbone_lr_scale},
-             {"params": head.parameters(), "lr": options.lr}],
-            momentum=MOMENTUM, weight_decay=options.weight_decay)
+        optimizer = finetune_optimizer(model, head, options)
         order = torch.Generator().manual_seed(seed)
         train_loader = DataLoader(splits.train, batch_size=options.batch_size, shuffle=True, generator=order,
                                   num_workers=num_workers, drop_last=len(splits.train) > options.batch_size)

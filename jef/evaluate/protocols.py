@@ -21,14 +21,14 @@ from torch import Tensor, nn
 
 from jef.files import atomic_write
 from jef.components import DataSplits
-from jef.evaluate.features import extract_features
-from jef.evaluate.finetune import finetune
+from jef.evaluate.features import extract_feature_sets, probe_features
+from jef.evaluate.finetune import finetune, finetune_param_groups
 from jef.evaluate.knn import knn_accuracy
 from jef.evaluate.linear import MOMENTUM, linear_probe
-from jef.config.options import EvalOptions
+from jef.config.options import EvalOptions, LinearProbeOptions
 
-__all__ = ["EVALUATION_NAME", "PROTOCOLS", "Result", "evaluate_backbone", "read_evaluation", "require_labels",
-           "write_evaluation"]
+__all__ = ["EVALUATION_NAME", "PROTOCOLS", "Result", "check_backbone", "evaluate_backbone", "read_evaluation",
+           "require_labels", "write_evaluation"]
 
 #: The protocols, in the order they run.
 PROTOCOLS = ("knn", "linear", "finetune")
@@ -67,8 +67,12 @@ def evaluate_backbone(
     kNN and the linear probe share one pass of feature extraction: the
     backbone in eval mode on ``eval_view`` of the train and test splits, in
     batches of ``options.knn.batch_size``; unlabelled training images (label
-    -1) are left out. Fine-tuning trains a copy. Every module of ``backbone``
-    is left in the mode it was in, with the same weights.
+    -1) are left out. kNN reads ``h``; the probe reads ``h`` too, or with
+    ``eval.linear.last_blocks`` / ``avgpool_patches`` a ViT's DINO features
+    (:func:`~jef.evaluate.features.probe_features`), computed on the same
+    batches. Fine-tuning trains a copy. Every module of ``backbone`` is left
+    in the mode it was in, with the same weights. What the options ask of the
+    backbone is checked before any protocol runs (:func:`check_backbone`).
 
     Args:
         backbone: Image -> ``[B, d]`` features, already on ``device``.
@@ -85,12 +89,14 @@ def evaluate_backbone(
 
     Raises:
         ValueError: Unlabelled data, no test split, or an unknown protocol.
+        ConfigError: Options the backbone cannot serve (see :func:`check_backbone`).
     """
     chosen = _chosen(options, protocols)
     require_labels(splits)
+    check_backbone(backbone, options, chosen)
     results: list[Result] = []
     if "knn" in chosen or "linear" in chosen:
-        features = _Features.extract(backbone, splits, eval_view, options.knn.batch_size, device, num_workers)
+        features = _Features.extract(backbone, splits, eval_view, options, chosen, device, num_workers)
         if "knn" in chosen:
             results += _knn(features, options)
         if "linear" in chosen:
@@ -100,32 +106,70 @@ def evaluate_backbone(
     return results
 
 
+def check_backbone(backbone: nn.Module, options: EvalOptions, protocols: Iterable[str] | None = None) -> None:
+    """Fail now, not after the features or a training run, when the ``eval`` options ask what ``backbone`` lacks.
+
+    ``eval.linear.last_blocks`` / ``avgpool_patches`` need a token backbone (``forward_tokens``), and
+    ``eval.finetune.layer_decay`` a ViT's ``blocks.N.`` parameters.
+
+    Args:
+        backbone: The backbone to evaluate.
+        options: The pipeline's ``eval`` section.
+        protocols: The protocols that will run (default: those ``enabled`` in ``options``).
+
+    Raises:
+        ConfigError: Naming the option and the backbone, and what to set instead.
+    """
+    chosen = _chosen(options, protocols)
+    if "linear" in chosen:
+        probe_features(backbone, options.linear.last_blocks, options.linear.avgpool_patches)
+    if "finetune" in chosen and options.finetune.layer_decay is not None:
+        finetune_param_groups(backbone, nn.Identity(), options.finetune)
+
+
 @attrs.frozen
 class _Features:
-    """Labelled train and test features of the frozen backbone, and the data's description."""
+    """Labelled train and test features of the frozen backbone, and the data's description.
 
-    train_x: Tensor
+    ``train_x``/``test_x`` are ``h`` (kNN's), ``probe_train_x``/``probe_test_x`` the linear probe's: the same
+    tensors unless ``eval.linear`` asks for a ViT's block features. A protocol that does not run gets none.
+    """
+
+    train_x: Tensor | None
     train_y: Tensor
-    test_x: Tensor
+    test_x: Tensor | None
     test_y: Tensor
+    probe_train_x: Tensor | None
+    probe_test_x: Tensor | None
     num_classes: int
     data: str
 
     @classmethod
     def extract(cls, backbone: nn.Module, splits: DataSplits, eval_view: Callable[[Tensor], Tensor],
-                batch_size: int, device: str | torch.device, num_workers: int) -> _Features:
-        kwargs = dict(batch_size=batch_size, device=device, num_workers=num_workers)
-        train_x, train_y = extract_features(backbone, splits.train, eval_view, **kwargs)
-        test_x, test_y = extract_features(backbone, splits.test, eval_view, **kwargs)  # type: ignore[arg-type]
+                options: EvalOptions, chosen: set[str], device: str | torch.device, num_workers: int) -> _Features:
+        # The feature functions are chosen once; one pass over each split computes all of them.
+        functions: list[Callable[[Tensor], Tensor]] = [backbone] if "knn" in chosen else []
+        probe = None
+        if "linear" in chosen:
+            probe = probe_features(backbone, options.linear.last_blocks, options.linear.avgpool_patches)
+            if probe is not backbone or not functions:
+                functions.append(probe)
+        kwargs = dict(batch_size=options.knn.batch_size, device=device, num_workers=num_workers)
+        train, train_y = extract_feature_sets(backbone, splits.train, functions, eval_view, **kwargs)
+        test, test_y = extract_feature_sets(backbone, splits.test, functions, eval_view,  # type: ignore[arg-type]
+                                            **kwargs)
         keep = train_y >= 0  # unlabelled training images (STL-10's unlabelled part) have no class
-        train_x, train_y = train_x[keep], train_y[keep]
+        train, train_y = [x[keep] for x in train], train_y[keep]
+        h_train, h_test = (train[0], test[0]) if "knn" in chosen else (None, None)
+        probe_train, probe_test = (train[-1], test[-1]) if probe is not None else (None, None)
         data = f"{_data(splits)} ({splits.num_classes} classes): {len(train_y)} train / {len(test_y)} test images"
-        return cls(train_x, train_y, test_x, test_y, splits.num_classes, data)  # type: ignore[arg-type]
+        return cls(h_train, train_y, h_test, test_y, probe_train, probe_test,  # type: ignore[arg-type]
+                   splits.num_classes, data)
 
 
 def _knn(features: _Features, options: EvalOptions) -> list[Result]:
     knn, n_train = options.knn, len(features.train_y)
-    top = knn_accuracy(features.train_x, features.train_y, features.test_x, features.test_y,
+    top = knn_accuracy(features.train_x, features.train_y, features.test_x, features.test_y,  # type: ignore[arg-type]
                        num_classes=features.num_classes, k=knn.k, temperature=knn.temperature, topk=(1, 5))
     k = f"k={knn.k}" + (f" (clipped to the {n_train} train images)" if knn.k > n_train else "")
     label = (f"offline weighted kNN (InstDisc, arXiv:1805.01978) on frozen backbone features: {k}, "
@@ -135,13 +179,24 @@ def _knn(features: _Features, options: EvalOptions) -> list[Result]:
 
 def _linear(features: _Features, options: EvalOptions, seed: int) -> list[Result]:
     linear = options.linear
-    probe = linear_probe(features.train_x, features.train_y, features.test_x, features.test_y,
-                         num_classes=features.num_classes, options=linear, seed=seed)
+    probe = linear_probe(features.probe_train_x, features.train_y, features.probe_test_x,  # type: ignore[arg-type]
+                         features.test_y, num_classes=features.num_classes, options=linear, seed=seed)
     head = "BatchNorm (no affine) + linear head" if linear.normalize == "batchnorm" else "linear head"
-    label = (f"offline linear probe on frozen backbone features (eval mode, eval view): {head}, SGD momentum "
+    label = (f"offline linear probe on frozen backbone features{_probe_features(linear)} (eval mode, eval view): "
+             f"{head}, SGD momentum "
              f"{MOMENTUM:g}, cosine lr from {linear.lr:g} to 0, weight_decay={linear.weight_decay:g}, "
              f"batch_size={linear.batch_size}, epochs={linear.epochs}, seed={seed}; {features.data}")
     return [Result("linear_top1", probe.top1, label), Result("linear_top5", probe.top5, label)]
+
+
+def _probe_features(linear: LinearProbeOptions) -> str:
+    """`` (...)`` saying which ViT features the probe read, or nothing for ``h``."""
+    if linear.last_blocks == 1 and not linear.avgpool_patches:
+        return ""
+    blocks = "the CLS token after the final norm" if linear.last_blocks == 1 else (
+        f"the CLS tokens of the last {linear.last_blocks} blocks after the final norm, concatenated")
+    patches = " + the mean patch token" if linear.avgpool_patches else ""
+    return f" ({blocks}{patches}, as DINO arXiv:2104.14294)"
 
 
 def _finetune(backbone: nn.Module, splits: DataSplits, eval_view: Callable[[Tensor], Tensor], options: EvalOptions,
@@ -151,8 +206,14 @@ def _finetune(backbone: nn.Module, splits: DataSplits, eval_view: Callable[[Tens
     augment = "eval view + random horizontal flip" if tune.flip else "eval view, no augmentation"
     data = (f"{_data(splits)} ({splits.num_classes} classes): {len(splits.train)} train "  # type: ignore[arg-type]
             f"/ {len(splits.test)} test images")  # type: ignore[arg-type]
+    if tune.layer_decay is None:
+        rates = f"backbone x{tune.backbone_lr_scale:g}"
+    else:
+        rates = (f"layer-wise decay {tune.layer_decay:g}: block i of depth at x{tune.layer_decay:g}^(depth - i), "
+                 f"embeddings at x{tune.layer_decay:g}^(depth + 1), no weight decay on norms, biases, pos_embed and "
+                 "cls_token")
     label = (f"offline fine-tuning of a copy of the backbone + linear head: SGD momentum {MOMENTUM:g}, cosine lr "
-             f"from {tune.lr:g} to 0 (backbone x{tune.backbone_lr_scale:g}), weight_decay={tune.weight_decay:g}, "
+             f"from {tune.lr:g} to 0 ({rates}), weight_decay={tune.weight_decay:g}, "
              f"batch_size={tune.batch_size}, epochs={tune.epochs}, {augment}, seed={seed}; {data}")
     return [Result("finetune_top1", tuned.top1, label), Result("finetune_top5", tuned.top5, label)]
 
