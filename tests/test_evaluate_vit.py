@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from jef.components import DataSplits
+from jef.config import merge, resolve
 from jef.config.options import EvalOptions, FinetuneOptions, KnnOptions, LinearProbeOptions
 from jef.config.validate import ConfigError, build_options
 from jef.evaluate import protocols
@@ -14,7 +15,7 @@ from jef.evaluate.finetune import finetune, finetune_optimizer
 from jef.evaluate.knn import knn_evaluate, knn_top1
 from jef.evaluate.protocols import evaluate_backbone
 from jef.plugins import load_plugins
-from jef.testing import build_component, tiny_run
+from jef.testing import TINY_PIPELINE, build_component, tiny_run
 
 DEPTH = 2
 
@@ -127,9 +128,9 @@ def test_the_protocol_probes_dino_features_and_knn_reads_h_in_one_pass(plugins, 
 def test_dino_features_on_a_backbone_without_tokens_are_refused_with_the_option_and_what_to_do(plugins):
     cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     cnn.out_dim = 4
-    message = ("eval.linear.last_blocks: the linear probe's ViT features (last_blocks: 4) need a token backbone with "
-               "forward_tokens(images, blocks=...) and a final norm `norm`, such as jef's `vit`; this backbone "
-               "(Sequential) has not; set eval.linear.last_blocks: 1 and eval.linear.avgpool_patches: false")
+    message = ("eval.linear.last_blocks: the linear probe's ViT features (last_blocks: 4) need a token backbone, "
+               "with forward_tokens(images, blocks=...) and a final norm `norm`, such as jef's `vit`; this backbone "
+               "(Sequential) is not one: set eval.linear.last_blocks: 1 and eval.linear.avgpool_patches: false")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         probe_features(cnn, 4)
     options = EvalOptions(linear=LinearProbeOptions(avgpool_patches=True))
@@ -144,6 +145,15 @@ def test_a_run_with_probe_options_its_backbone_cannot_serve_fails_before_trainin
     with pytest.raises(ConfigError, match=r"^<tiny_run>: eval\.linear\.last_blocks: .* this backbone"):
         tiny_run({"eval": {"linear": {"enabled": True, "last_blocks": 4}}}, run_dir=tmp_path, plugins=plugins)
     assert not (tmp_path / "checkpoint.pt").exists()
+    from docs_text import assert_documented  # here: it reads every docs page when imported
+    from jef.run.loop import train
+
+    settings = merge(TINY_PIPELINE, {"backbone": {"name": "resnet18", "small_images": True},
+                                     "eval": {"linear": {"enabled": True, "last_blocks": 4}}})
+    pipeline = resolve(settings, source="pipeline.yaml", registry=plugins.registry)
+    with pytest.raises(ConfigError) as error:
+        train(pipeline, cpu=True, plugins=plugins)
+    assert_documented("evaluation.md", "eval.linear.last_blocks: the linear probe", f"jef: error: {error.value}")
 
 
 # -- fine-tuning with layer-wise lr decay ----------------------------------------------------

@@ -58,9 +58,9 @@ def probe_features(backbone: nn.Module, last_blocks: int = 1, avgpool_patches: b
     forward_tokens, norm = getattr(backbone, "forward_tokens", None), getattr(backbone, "norm", None)
     if not callable(forward_tokens) or not isinstance(norm, nn.Module):
         raise ConfigError(
-            f"the linear probe's ViT features ({asked}) need a token backbone with forward_tokens(images, "
+            f"the linear probe's ViT features ({asked}) need a token backbone, with forward_tokens(images, "
             f"blocks=...) and a final norm `norm`, such as jef's `vit`; this backbone ({type(backbone).__name__}) "
-            "has not; set eval.linear.last_blocks: 1 and eval.linear.avgpool_patches: false to probe its output h",
+            "is not one: set eval.linear.last_blocks: 1 and eval.linear.avgpool_patches: false to probe its output h",
             path=_LAST_BLOCKS)
     depth = len(blocks) if isinstance(blocks := getattr(backbone, "blocks", None), nn.ModuleList) else None
     if depth is not None and last_blocks > depth:
