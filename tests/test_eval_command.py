@@ -109,3 +109,19 @@ def test_nothing_to_run_is_explained(finished, capsys):
     err = capsys.readouterr().err
     assert "every protocol is disabled in the pipeline's eval section; pass --protocol" in err
     documented(err, "every protocol is disabled")
+
+
+def test_vit_options_on_a_cnn_run_are_refused_before_any_protocol_runs(finished, capsys):
+    saved = (finished / "evaluation.json").read_bytes() if (finished / "evaluation.json").exists() else None
+    status = main(["eval", str(finished), "--protocol", "knn", "--protocol", "linear", "--cpu",
+                   "eval.linear.last_blocks=4"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jef: error: eval.linear.last_blocks: the linear probe's ViT features (last_blocks: 4) "
+                          "need a token backbone")
+    assert "set eval.linear.last_blocks: 1 and eval.linear.avgpool_patches: false" in err
+    assert main(["eval", str(finished), "--protocol", "knn", "--protocol", "finetune", "--cpu",
+                 "eval.finetune.layer_decay=0.75"]) == 2
+    assert "jef: error: eval.finetune.layer_decay: layer-wise lr decay needs a ViT" in capsys.readouterr().err
+    after = (finished / "evaluation.json").read_bytes() if (finished / "evaluation.json").exists() else None
+    assert after == saved  # kNN did not run either
