@@ -49,8 +49,14 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "swav": {"augmenter": MULTI_CROP,
              "functionals": [{"name": "sinkhorn", "n_prototypes": 16, "freeze_prototypes_steps": 1,
                               "queue_length": 16, "queue_start_epoch": 0}]},
-    "dino": {"augmenter": {**MULTI_CROP, "solarize_p": 0.0},
-             "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
+    "dino_resnet": {"augmenter": {**MULTI_CROP, "solarize_p": 0.0},
+                    "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
+    # The ViT recipe on a tiny ViT (its stochastic depth draws from the global generator), no warm-up of the
+    # teacher temperature (the recipe's 30 epochs are longer than the run).
+    "dino": {"augmenter": {**MULTI_CROP, "size": 16, "solarize_p": 0.0},
+             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
+             "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
+             "functionals": [{"name": "centering", "teacher_temperature": 0.07}]},
 }
 STEPS = 3
 

@@ -61,9 +61,18 @@ METHODS = {
     "swav": {"augmenter": {"n_local": 2, "local_size": 8},
              "functionals": [{"name": "sinkhorn", "n_prototypes": 16, "freeze_prototypes_steps": 1,
                               "queue_length": 16, "queue_start_epoch": 0}]},
-    "dino": {"augmenter": {"n_local": 2, "local_size": 8},
+    "dino_resnet": {"augmenter": {"n_local": 2, "local_size": 8},
+                    "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8,
+                                  "freeze_last_layer_epochs": 0}},
+    # The ViT recipe on a tiny ViT: 16 px global views (4 x 4 patches) and 8 px local ones (2 x 2, the position
+    # embedding resized), the teacher temperature without the recipe's 30-epoch warm-up (longer than the run), and
+    # no stochastic depth: DropPath draws from each process's global generator, so 2 processes drop other
+    # samples' branches than 1 process does.
+    "dino": {"augmenter": {"size": 16, "n_local": 2, "local_size": 8},
+             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
              "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8,
-                           "freeze_last_layer_epochs": 0}},
+                           "freeze_last_layer_epochs": 0},
+             "functionals": [{"name": "centering", "teacher_temperature": 0.07}]},
 }
 #: Losses and states: float32 sums in another order (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5

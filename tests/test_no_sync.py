@@ -46,8 +46,13 @@ METHODS = {
              "functionals": [{"name": "sinkhorn", "n_prototypes": 16, "freeze_prototypes_steps": 2,
                               "queue_length": 32, "queue_start_epoch": 0}]},
     # EMA teacher, centre, teacher temperature warm-up, multi-crop.
-    "dino": {"method": "dino", "augmenter": MULTI_CROP,
-             "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
+    "dino_resnet": {"method": "dino_resnet", "augmenter": MULTI_CROP,
+                    "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
+    # The same on a tiny ViT, local views resizing its position embedding (no warm-up: longer than the run).
+    "dino": {"method": "dino", "augmenter": {**MULTI_CROP, "size": 16},
+             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
+             "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
+             "functionals": [{"name": "centering", "teacher_temperature": 0.07}]},
     # EMA key encoder with shuffled BN and a queue of keys.
     "moco_v2": {"method": "moco_v2", "functionals": [{"name": "queue_info_nce", "size": 32, "temperature": 0.2}]},
     # A memory bank: index range checks, noise rows drawn per step, Z fixed on the first step, row updates.

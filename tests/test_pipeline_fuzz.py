@@ -140,7 +140,9 @@ def floats(node: Any) -> list[float]:
 def build_on_meta(pipeline: Any) -> None:
     """Build the model from a loaded pipeline without allocating (or initialising) any weights."""
     check_loaded(pipeline)
-    ctx = RunContext(batch_size=4, global_batch_size=4, steps_per_epoch=2, total_steps=2, train_size=8)
+    # The pipeline's epochs: factories check what lasts epochs against them (DINO's teacher-temperature warm-up).
+    ctx = RunContext(batch_size=4, global_batch_size=4, steps_per_epoch=2, total_steps=2, train_size=8,
+                     epochs=pipeline.train.epochs)
     try:
         with torch.device("meta"):
             built = build(pipeline, ctx, SPLITS)

@@ -197,12 +197,18 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "swav": {"augmenter": {"n_local": 2, "local_size": 8, "blur_p": 0.0},
              "functionals": [{"name": "sinkhorn", "n_prototypes": 16, "freeze_prototypes_steps": 1,
                               "queue_length": 16, "queue_start_epoch": 0}]},
-    "dino": {"augmenter": {"n_local": 2, "local_size": 8, "blur_p": 0.0, "solarize_p": 0.0},
-             "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
+    "dino_resnet": {"augmenter": {"n_local": 2, "local_size": 8, "blur_p": 0.0, "solarize_p": 0.0},
+                    "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
+    # The ViT recipe on a tiny ViT, 16 px global and 8 px local views; no teacher-temperature warm-up (the
+    # recipe's 30 epochs are longer than the run).
+    "dino": {"augmenter": {"size": 16, "n_local": 2, "local_size": 8, "blur_p": 0.0, "solarize_p": 0.0},
+             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
+             "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
+             "functionals": [{"name": "centering", "teacher_temperature": 0.07}]},
 }
 #: The state each method keeps across steps (suffixes of model state_dict keys), which must stay float32.
 STATE = {"moco_v1": ["queue"], "moco_v2": ["queue"], "instdisc": ["bank", "normaliser"],
-         "swav": ["prototypes.weight", "queue"], "dino": ["center"]}
+         "swav": ["prototypes.weight", "queue"], "dino": ["center"], "dino_resnet": ["center"]}
 METHODS = PLUGINS.registry.names("method")
 
 

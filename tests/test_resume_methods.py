@@ -33,10 +33,18 @@ METHODS = {
              "functionals": [{"name": "sinkhorn", "n_prototypes": 16, "freeze_prototypes_steps": 3,
                               "queue_length": 32, "queue_start_epoch": 1}]},
     # The last layer is frozen for epoch 0 and the teacher temperature warms up over both epochs.
-    "dino": {"method": "dino", "augmenter": MULTI_CROP,
+    "dino_resnet": {"method": "dino_resnet", "augmenter": MULTI_CROP,
+                    "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
+                    "functionals": [{"name": "centering", "warmup_teacher_temperature": 0.02,
+                                     "warmup_teacher_temperature_epochs": 2}]},
+    # The ViT recipe on a tiny ViT (local views resize its position embedding), with its stochastic depth (drawn
+    # from the global generator, which the checkpoint restores), AdamW and the weight decay 0.04 -> 0.4.
+    "dino": {"method": "dino", "augmenter": {**MULTI_CROP, "size": 16},
+             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
              "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
-             "functionals": [{"name": "centering", "warmup_teacher_temperature": 0.02,
-                              "warmup_teacher_temperature_epochs": 2}]},
+             "functionals": [{"name": "centering", "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
+                              "warmup_teacher_temperature_epochs": 2}],
+             "train": {"optimizer": {"name": "adamw"}}},
     "instdisc": {"method": "instdisc", "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
                  "functionals": [{"name": "memory_bank", "size": 64, "dim": 16, "noise_samples": 64}]},
 }

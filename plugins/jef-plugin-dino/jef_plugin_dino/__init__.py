@@ -17,6 +17,9 @@ keeps the centre; ``dino_head`` (this plugin) is the projector: an MLP, an
 ℓ2-normalised bottleneck and a weight-normalised last layer, frozen during
 the first epoch. Local views go through the student only (multi-crop).
 
+Two recipes: ``dino`` is the paper's ViT-S/16 setting (``dino.yaml``), ``dino_resnet`` its ResNet setting on
+``resnet18`` (``dino_resnet.yaml``).
+
 References:
     [1] Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin. Emerging
         Properties in Self-Supervised Vision Transformers (DINO). ICCV 2021.
@@ -33,14 +36,22 @@ from jef_plugin_dino.head import DinoHead, DinoHeadOptions, build_dino_head
 
 __all__ = ["Centering", "CenteringOptions", "DinoHead", "DinoHeadOptions", "build_centering", "build_dino_head"]
 __version__ = "0.1.0"
-RECIPE = Path(__file__).with_name("recipe.yaml")
+HERE = Path(__file__).parent
+#: The default recipe, ``method: dino``: ViT-S/16.
+RECIPE = HERE / "dino.yaml"
+#: ``method: dino_resnet``: the ResNet setting.
+RESNET_RECIPE = HERE / "dino_resnet.yaml"
 PAPER = "[1] Caron et al., DINO, ICCV 2021, arXiv:2104.14294"
 
 
 @hookimpl
 def jef_register_methods(register):
-    """Register the ``dino`` recipe (it makes local views, so it declares multi-crop)."""
-    register("dino", RECIPE, description="DINO: a student matches an EMA teacher's centred, sharpened "
+    """Register ``dino`` (ViT-S/16) and ``dino_resnet``; both make local views, so they declare multi-crop."""
+    register("dino", RECIPE, description="DINO on ViT-S/16 as the paper (AdamW, weight decay 0.04 -> 0.4, "
+             "teacher temperature 0.04 -> 0.07, 2 x 224 + 10 x 96 px crops): a student matches an EMA "
+             "teacher's centred, sharpened distribution; multi-crop", paper=PAPER, multi_crop=True)
+    register("dino_resnet", RESNET_RECIPE, description="DINO on ResNet (the paper's ResNet-50 setting on "
+             "resnet18: SGD, 2 + 6 crops): a student matches an EMA teacher's centred, sharpened "
              "distribution; multi-crop", paper=PAPER, multi_crop=True)
 
 

@@ -19,13 +19,14 @@ from jef.config.validate import ConfigError
 
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
-    assert_discovered(plugins, "dino",
-                      provides={"method": ["dino"], "head": ["dino_head"], "functional": ["centering"]})
+    assert_discovered(plugins, "dino", provides={"method": ["dino", "dino_resnet"], "head": ["dino_head"],
+                                                 "functional": ["centering"]})
     assert plugins.registry.get("method", "dino").extra["multi_crop"]
+    assert plugins.registry.get("method", "dino_resnet").extra["multi_crop"]
 
 
 def test_recipe_is_the_papers_resnet_setting(plugins):
-    pipeline = resolve({"method": "dino"}, registry=plugins.registry)
+    pipeline = resolve({"method": "dino_resnet"}, registry=plugins.registry)
     assert (pipeline.energy.name, pipeline.energy.options.temperature, pipeline.energy.weight) == \
         ("cross_entropy", 0.1, 1.0)
     [centering] = pipeline.functionals

@@ -46,7 +46,7 @@ def test_head_options_change_the_layers():
 
 
 def _small(plugins, **overrides):
-    data = merge({"method": "dino", **TINY_SETTINGS, "augmenter": {"n_local": 2, "local_size": 8, "blur_p": 0.0,
+    data = merge({"method": "dino_resnet", **TINY_SETTINGS, "augmenter": {"n_local": 2, "local_size": 8, "blur_p": 0.0,
                                                                       "solarize_p": 0.0},
                   "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}},
                  overrides)

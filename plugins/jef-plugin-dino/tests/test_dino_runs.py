@@ -13,10 +13,10 @@ from jef.run.checkpoint import load_checkpoint
 from jef.config import merge
 from jef.testing import InterruptAt, assert_learns, temporary_plugin, tiny_run, train_in_processes
 
-#: DINO's structure (multi-crop, dino_head, EMA teacher, centring) shrunk for runs of a few steps: 64 images,
+#: The ResNet recipe's structure (multi-crop, dino_head, EMA teacher, centring) shrunk for runs of a few steps: 64 images,
 #: batches of 16 (4 steps per epoch), 2 local views of 8 pixels, no blur or solarisation (slow on a CPU).
 TINY = {
-    "method": "dino",
+    "method": "dino_resnet",
     "augmenter": {"n_local": 2, "local_size": 8, "blur_p": 0.0, "solarize_p": 0.0},
     "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
     "train": {"epochs": 2},
@@ -133,6 +133,6 @@ LEARNABLE = {
 
 
 def test_dino_learns_with_multi_crop_and_does_not_collapse(plugins):
-    result = assert_learns(merge({"method": "dino"}, LEARNABLE), plugins=plugins)
+    result = assert_learns(merge({"method": "dino_resnet"}, LEARNABLE), plugins=plugins)
     entropy = result.metrics["collapse/target_entropy"]  # the teacher's, as a fraction of log K
     assert 0.0 < entropy < 0.99
