@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 METHODS = ("simclr", "moco_v2", "byol", "simsiam", "barlowtwins", "vicreg", "swav", "dino")
+#: The jef recipe behind a compared method, where the names differ: the comparison trains a ResNet, and
+#: `method: dino` is the ViT-S/16 setting (224 px crops, AdamW).
+JEF_RECIPES = {"dino": "dino_resnet"}
 FRAMEWORKS = ("jef", "lightly")
 
 
@@ -226,7 +229,7 @@ def run_jef(cfg: dict[str, Any]) -> dict[str, Any]:
 def _resolve(cfg: dict[str, Any], plugins, resolve):  # noqa: ANN001, ANN202
     method = cfg["method"]
     user: dict[str, Any] = {
-        "method": method, "seed": cfg["seed"],
+        "method": JEF_RECIPES.get(method, method), "seed": cfg["seed"],
         "data": {"name": "fashion_mnist", "subset_train": cfg["subset_train"], "subset_test": 1},
         "backbone": {"name": "bench_resnet"},
         "monitors": [],  # lightly has none; jef's default collapse monitor is left out for identical work

@@ -43,15 +43,16 @@ from jef import hookimpl
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this file is loaded
 from environment import load_average, machine  # noqa: E402
 
-DEFAULT_METHODS = ["simclr", "byol", "moco_v2", "swav", "dino"]
+# dino_resnet: DINO's ResNet recipe (`method: dino` is the ViT-S/16 setting, with 224 px crops).
+DEFAULT_METHODS = ["simclr", "byol", "moco_v2", "swav", "dino_resnet"]
 MULTI_CROP = {"n_local": 2, "local_size": 12, "blur_p": 0.0, "solarize_p": 0.0}
 #: Per-method settings that make the tiny benchmark model valid (multi-crop for SwAV/DINO, smaller heads).
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "moco_v2": {"functionals": [{"name": "queue_info_nce", "size": 1024}]},
     "swav": {"augmenter": MULTI_CROP, "functionals": [{"name": "sinkhorn", "n_prototypes": 300,
                                                        "freeze_prototypes_steps": 5, "queue_length": 0}]},
-    "dino": {"augmenter": MULTI_CROP,
-             "projector": {"name": "dino_head", "out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128}},
+    "dino_resnet": {"augmenter": MULTI_CROP,
+                    "projector": {"name": "dino_head", "out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128}},
 }
 
 
