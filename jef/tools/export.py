@@ -5,15 +5,16 @@ What is written to the output directory:
 * ``backbone.safetensors`` and/or ``backbone.pt``: the backbone's ``state_dict``,
   tensors only (``torch.load(..., weights_only=True)`` reads the ``.pt``).
 * ``backbone.json``: what the weights are (run, step, online or EMA target
-  weights), how to rebuild the network (for jef's ResNets: the torchvision
-  constructor and the stem changes), the input it expects and its feature width.
+  weights), how to rebuild the network without jef (for jef's ResNets and ViTs:
+  the torchvision and timm constructors, their arguments and the changes), the
+  input it expects and its feature width.
 * ``README.md``: the same, with code that loads the weights.
 
-jef's ResNets are torchvision ResNets with ``fc`` replaced by ``nn.Identity``, so
-their keys are ``torchvision.models.resnet18()``'s without ``fc.*``: a torchvision
-model with the same stem and ``fc = nn.Identity()`` loads them strictly and gives
-the same features. Any other backbone (``small_cnn``, a plugin's) needs jef and
-its plugin to be rebuilt: :func:`load_exported` does that from ``backbone.json``.
+jef's ResNets are torchvision ResNets with ``fc`` replaced by ``nn.Identity``, and
+jef's ViT has timm's ``VisionTransformer`` keys: torchvision or timm loads the
+weights strictly and gives the same features (:mod:`jef.tools.rebuild` says how).
+Any other backbone (``small_cnn``, a plugin's) needs jef and its plugin to be
+rebuilt: :func:`load_exported` does that from ``backbone.json``.
 
 Only the backbone is exported: not the projector or predictor, not the EMA
 target (unless asked for with ``target=True``, BYOL's or DINO's teacher), not
@@ -31,6 +32,7 @@ from torch import nn
 
 import jef
 from jef.files import atomic_write
+from jef.tools.rebuild import backbone_recipes, resnet_changes, snippets
 from jef.tools.runs import LoadedRun, load_run
 
 __all__ = ["FORMATS", "ExportError", "describe_backbone", "export_backbone", "load_exported", "open_run", "readme_text",
@@ -63,30 +65,6 @@ def _backbone(run: LoadedRun, target: bool) -> nn.Module:
     return run.built.model.target_backbone
 
 
-def _torchvision_recipe(run: LoadedRun) -> dict[str, Any] | None:
-    """How to rebuild the backbone with torchvision alone, or None when it is not one of jef's ResNets."""
-    from jef.builtin.backbones import build_resnet18, build_resnet50
-
-    slot = run.pipeline.backbone
-    arch = {build_resnet18: "resnet18", build_resnet50: "resnet50"}.get(slot.entry.factory)
-    if arch is None:  # a plugin may register its own "resnet18": only jef's own factories are known here
-        return None
-    changes = resnet_changes(slot.options.small_images, run.built.ctx.in_channels)
-    return {"constructor": f"torchvision.models.{arch}", "arch": arch, "small_images": slot.options.small_images,
-            "changes": changes}
-
-
-def resnet_changes(small_images: bool, channels: int) -> list[str]:
-    """The attribute assignments that turn ``torchvision.models.resnetXX()`` into jef's backbone (as code)."""
-    changes = []
-    if small_images:  # jef.builtin.backbones' CIFAR stem
-        changes += [f"conv1 = torch.nn.Conv2d({channels}, 64, kernel_size=3, stride=1, padding=1, bias=False)",
-                    "maxpool = torch.nn.Identity()"]
-    elif channels != 3:
-        changes.append(f"conv1 = torch.nn.Conv2d({channels}, 64, kernel_size=7, stride=2, padding=3, bias=False)")
-    return [*changes, "fc = torch.nn.Identity()"]
-
-
 def _input_spec(run: LoadedRun) -> dict[str, Any]:
     """What the backbone expects: for jef's ``views`` augmenter, its ``eval_view`` spelt out."""
     from jef.augment.views import ViewsAugmenter
@@ -116,7 +94,7 @@ def describe_backbone(run: LoadedRun, *, target: bool = False, files: tuple[str,
         "backbone": {"name": slot.name, "options": to_plain(slot.options), "plugin": str(slot.entry.provenance)},
         "in_channels": run.built.ctx.in_channels, "image_size": run.built.ctx.image_size,
         "out_dim": int(getattr(module, "out_dim", 0)) or None,
-        "torchvision": _torchvision_recipe(run),
+        **backbone_recipes(slot, module, run.built.ctx.in_channels),
         "input": _input_spec(run),
         "not_exported": ["projector", "predictor",
                          "online backbone (export without --target)" if target else "EMA target (use --target)",
@@ -172,19 +150,15 @@ def export_backbone(run: LoadedRun, directory: str | Path, *, fmt: str = "safete
 
 
 def torchvision_snippet(info: dict[str, Any]) -> str | None:
-    """Python code that loads the export into a torchvision ResNet without jef (None for other backbones)."""
-    recipe = info["torchvision"]
-    if recipe is None:
-        return None
-    weights = ('load_file("backbone.safetensors")' if "backbone.safetensors" in info["files"]
-               else 'torch.load("backbone.pt", weights_only=True)')
-    lines = ["import torch", "import torchvision"]
-    if "backbone.safetensors" in info["files"]:
-        lines.append("from safetensors.torch import load_file")
-    lines += ["", f"model = {recipe['constructor']}(weights=None)"]
-    lines += [f"model.{change}" for change in recipe["changes"]]
-    lines += [f"model.load_state_dict({weights})  # strict: every key matches", "model.eval()"]
-    return "\n".join(lines) + "\n"
+    """Python code that loads the export into a torchvision model without jef (None where torchvision cannot)."""
+    return snippets(info).get("torchvision")
+
+
+_WITHOUT_JEF = {
+    "timm": "With timm (`pip install timm`): the keys are timm's `VisionTransformer`'s, so it loads them strictly "
+            "and computes the same features.",
+    "torchvision": "With torchvision alone: the keys renamed to torchvision's `VisionTransformer`'s.",
+}
 
 
 def readme_text(info: dict[str, Any]) -> str:
@@ -196,12 +170,19 @@ def readme_text(info: dict[str, Any]) -> str:
              f"options `{json.dumps(backbone['options'])}`: {info['in_channels']}-channel images to "
              f"{info['out_dim']}-d features. Files: {', '.join(info['files'])} (a plain state_dict), "
              f"backbone.json (this, as data).", ""]
-    snippet = torchvision_snippet(info)
-    if snippet:
-        lines += ["## Load it without jef", "", "```python", snippet.rstrip("\n"), "```", ""]
+    code = snippets(info)
+    if len(code) == 1:
+        lines += ["## Load it without jef", "", "```python", next(iter(code.values())).rstrip("\n"), "```", ""]
+    elif code:
+        lines += ["## Load it without jef", ""]
+        for library, snippet in code.items():
+            lines += [_WITHOUT_JEF[library], "", "```python", snippet.rstrip("\n"), "```", ""]
     else:
-        lines += [f"`{backbone['name']}` is not a torchvision model: rebuilding it needs jef and the plugin that "
-                  f"provides it ({backbone['plugin']}).", ""]
+        lines += [f"`{backbone['name']}` is not a torchvision or timm model: rebuilding it needs jef and the plugin "
+                  f"that provides it ({backbone['plugin']}).", ""]
+    if code and info.get("torchvision") is None and info.get("timm"):
+        lines += ["torchvision's `VisionTransformer` has neither mean pooling nor layer scale, which this backbone "
+                  "uses: load it with timm (or jef).", ""]
     lines += ["## Load it with jef", "", "```python", "from jef.tools.export import load_exported", "",
               'backbone = load_exported(".")  # this directory', "```", "", "## Inputs", ""]
     if "size" in inputs:
@@ -210,6 +191,11 @@ def readme_text(info: dict[str, Any]) -> str:
                      + (f", then normalised with mean {norm['mean']} and std {norm['std']}." if norm else "."))
     else:
         lines.append(f"{inputs['channels']}-channel images prepared as {inputs['eval_view']}.")
+    if info.get("timm"):
+        lines += ["", f"The position embedding is made for {info['timm']['kwargs']['img_size']} px images. For "
+                  f"other sizes (multiples of the patch size), jef resizes it bicubically; timm's "
+                  f"`dynamic_img_size=True` does too, antialiased when shrinking, so its features at smaller "
+                  f"sizes differ slightly from jef's."]
     lines += ["", "Not exported: " + "; ".join(info["not_exported"]) + ".", ""]
     return "\n".join(lines)
 
