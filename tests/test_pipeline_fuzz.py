@@ -49,6 +49,7 @@ from jef.config.options import EvalOptions, TrainOptions
 from jef.model.build import build
 from jef.plugins import load_plugins
 from jef.config.validate import ConfigError
+from jef.registry import BuildError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,6 +151,11 @@ def build_on_meta(pipeline: Any) -> None:
         factors = [f(step) for f in lr_lambdas(optimizer, pipeline.train.scheduler, 2, 2) for step in (0, 2)]
         assert all(math.isfinite(factor) for factor in factors), factors
     except ConfigError as error:
+        assert str(error).startswith(f"{pipeline.source}: "), error
+    except BuildError as error:
+        # A factory that refuses its options with a ValueError: the command line shows it as a message (no
+        # traceback), naming the file, the slot and the plugin. Any other cause is a bug in the component.
+        assert isinstance(error.__cause__, ValueError), error
         assert str(error).startswith(f"{pipeline.source}: "), error
 
 

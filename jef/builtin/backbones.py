@@ -6,6 +6,8 @@ pipeline can size the projector before seeing data.
 """
 
 import attrs
+
+from jef.config.options import size_limit
 import torch
 from torch import Tensor, nn
 
@@ -96,7 +98,7 @@ class SmallCNNOptions:
 
     width: int = attrs.field(
         default=32,
-        validator=attrs.validators.ge(1),
+        validator=[attrs.validators.ge(1), size_limit],
         metadata={"doc": "channels of the first block; blocks use width x (1, 2, 4, 8)"},
     )
     first_stride: int = attrs.field(

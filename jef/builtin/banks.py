@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from jef import dist
 from jef.components import RunContext, StepOutputs
+from jef.config.options import size_limit
 from jef.functional._checks import full_precision, indices_out_of_range, normalize
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser
 from jef.hookspecs import Register, hookimpl
@@ -55,14 +56,14 @@ class MemoryBankOptions:
     """Options of the ``memory_bank`` functional (defaults: InstDisc's ImageNet setting)."""
 
     size: int | None = attrs.field(
-        default=None, validator=v.optional(v.ge(1)),
+        default=None, validator=v.optional([v.ge(1), size_limit]),
         metadata={"doc": "bank rows n = training images; default: the training split's size"})
-    dim: int = attrs.field(default=128, validator=v.ge(1), metadata={"doc": "width of the stored features "
-                                                                            "(the projector's output width)"})
+    dim: int = attrs.field(default=128, validator=[v.ge(1), size_limit],
+                           metadata={"doc": "width of the stored features (the projector's output width)"})
     temperature: float = attrs.field(default=0.07, validator=v.gt(0.0), metadata={"doc": "τ in exp(v_i·v/τ)"})
     loss: Literal["nce", "softmax"] = attrs.field(
         default="nce", metadata={"doc": "nce (m noise rows) | softmax (cross-entropy over every row)"})
-    noise_samples: int = attrs.field(default=4096, validator=v.ge(1),
+    noise_samples: int = attrs.field(default=4096, validator=[v.ge(1), size_limit],
                                      metadata={"doc": "m, noise rows per step for nce"})
     momentum: float = attrs.field(default=0.5, validator=[v.ge(0.0), v.le(1.0)],
                                   metadata={"doc": "bank update v_i ← normalise(μ·v_i + (1−μ)·v)"})

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from jef import dist
 from jef.components import RunContext, StepOutputs
+from jef.config.options import size_limit
 from jef.functional._checks import normalize
 from jef.functional.queue import enqueue, queue_info_nce_denominator, random_unit_queue
 from jef.hookspecs import Register, hookimpl
@@ -45,11 +46,11 @@ class QueueInfoNCEOptions:
         metadata={"doc": "τ (0.07 MoCo v1, 0.2 v2); set it equal to the scaled_cosine energy's temperature"},
     )
     size: int = attrs.field(
-        default=4096, validator=v.ge(1),
+        default=4096, validator=[v.ge(1), size_limit],
         metadata={"doc": "K, queued negatives (65536 in MoCo on ImageNet; 4096 suits CIFAR-sized data)"},
     )
     dim: int | None = attrs.field(
-        default=None, validator=v.optional(v.ge(1)),
+        default=None, validator=v.optional([v.ge(1), size_limit]),
         metadata={"doc": f"width of the keys; null: the projector's output width ({DEFAULT_DIM} if unknown)"},
     )
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from jef.builtin.cpu_bf16_conv import guard_strided_convs
 from jef.components import RunContext, Tokens
+from jef.config.options import size_limit
 from jef.hookspecs import Register, hookimpl
 
 __all__ = [
@@ -97,17 +98,18 @@ class ViTOptions:
     preset: Literal["tiny", "small", "base", "large"] = attrs.field(
         default="small", validator=v.in_(PRESETS),
         metadata=_doc("width/depth/heads: tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16"))
-    width: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)),
+    width: int | None = attrs.field(default=None, validator=v.optional([v.ge(1), size_limit]),
                                     metadata=_doc("token width (h is this wide); null: the preset's"))
-    depth: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)),
+    depth: int | None = attrs.field(default=None, validator=v.optional([v.ge(1), size_limit]),
                                     metadata=_doc("transformer blocks; null: the preset's"))
-    heads: int | None = attrs.field(default=None, validator=[v.optional(v.ge(1)), _heads_divide_width],
+    heads: int | None = attrs.field(default=None, validator=[v.optional([v.ge(1), size_limit]), _heads_divide_width],
                                     metadata=_doc("attention heads, a divisor of width; null: the preset's"))
     mlp_ratio: float = attrs.field(default=4.0, validator=[v.gt(0.0), v.le(64.0)],
                                    metadata=_doc("hidden width of each block's MLP / width"))
-    patch_size: int = attrs.field(default=16, validator=v.ge(1), metadata=_doc("side of the square patches"))
+    patch_size: int = attrs.field(default=16, validator=[v.ge(1), size_limit],
+                                  metadata=_doc("side of the square patches"))
     image_size: int | None = attrs.field(
-        default=None, validator=[v.optional(v.ge(1)), _fits_patches],
+        default=None, validator=[v.optional([v.ge(1), size_limit]), _fits_patches],
         metadata=_doc("side the position embedding is made for; null: the augmenter's global view size. "
                       "Views of other sizes get it resized (bicubic)"))
     pool: Literal["cls", "mean"] = attrs.field(

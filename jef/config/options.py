@@ -9,6 +9,13 @@ from attrs import validators as v
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+#: The largest width, depth or count a component's option may ask for (2^24): larger ones are typos, and the
+#: weights they shape would overflow torch's storage size when the model is built.
+MAX_SIZE = 2**24
+#: attrs validator of a size option: at most :data:`MAX_SIZE`.
+size_limit = v.le(MAX_SIZE)
+
+
 def doc(text: str) -> dict[str, str]:
     """Field metadata holding the one-line description ``jef list`` shows."""
     return {"doc": text}

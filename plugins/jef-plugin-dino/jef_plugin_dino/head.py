@@ -46,20 +46,27 @@ __all__ = ["DinoHead", "DinoHeadOptions", "build_dino_head"]
 INIT_STD = 0.02
 
 
+#: The widest layer a head may have: 2^24 logits is 256 times DINO's K (a larger one is a typo, and its
+#: weights would overflow torch's storage size before any step).
+MAX_WIDTH = 2**24
+
+
 @attrs.frozen(kw_only=True)
 class DinoHeadOptions:
     """Options of the ``dino_head`` projector."""
 
     out_dim: int = attrs.field(
-        default=4096, validator=v.ge(1),
+        default=4096, validator=[v.ge(1), v.le(MAX_WIDTH)],
         metadata={"doc": "K, the logits the teacher's distribution is over (the paper: 65536 on ImageNet)"},
     )
-    hidden_dim: int = attrs.field(default=2048, validator=v.ge(1), metadata={"doc": "width of the hidden layers"})
+    hidden_dim: int = attrs.field(default=2048, validator=[v.ge(1), v.le(MAX_WIDTH)],
+                                  metadata={"doc": "width of the hidden layers"})
     bottleneck_dim: int = attrs.field(
-        default=256, validator=v.ge(1), metadata={"doc": "width of the ℓ2-normalised bottleneck before the last layer"}
+        default=256, validator=[v.ge(1), v.le(MAX_WIDTH)],
+        metadata={"doc": "width of the ℓ2-normalised bottleneck before the last layer"}
     )
     n_layers: int = attrs.field(
-        default=3, validator=v.ge(1),
+        default=3, validator=[v.ge(1), v.le(64)],
         metadata={"doc": "linear layers of the MLP up to the bottleneck (1: a single linear map)"},
     )
     batch_norm: bool = attrs.field(

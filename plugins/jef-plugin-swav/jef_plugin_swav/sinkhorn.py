@@ -56,11 +56,15 @@ def _doc(text: str) -> dict[str, str]:
     return {"doc": text}
 
 
+#: The most prototypes or queued embeddings (2^24): more is a typo, whose weights would not fit torch's storage.
+MAX_SIZE = 2**24
+
+
 @attrs.frozen(kw_only=True)
 class SinkhornOptions:
     """Options of the ``sinkhorn`` functional (defaults: SwAV's ImageNet settings)."""
 
-    n_prototypes: int = attrs.field(default=3000, validator=v.ge(2),
+    n_prototypes: int = attrs.field(default=3000, validator=[v.ge(2), v.le(MAX_SIZE)],
                                     metadata=_doc("K, learned prototypes (3000 in SwAV on ImageNet)"))
     epsilon: float = attrs.field(default=0.05, validator=v.gt(0.0),
                                  metadata=_doc("ε, entropic regularisation of the codes; smaller is sharper"))
@@ -71,7 +75,7 @@ class SinkhornOptions:
         metadata=_doc("the prototypes get no update during this many first optimiser steps (SwAV: one "
                       "ImageNet epoch, 313 steps at batch 4096, 5005 at 256)"))
     queue_length: int = attrs.field(
-        default=0, validator=v.ge(0),
+        default=0, validator=[v.ge(0), v.le(MAX_SIZE)],
         metadata=_doc("past embeddings per global view stacked before the batch for the codes; 0: no queue; "
                       "a multiple of the global batch size (SwAV at batch 256: 3840)"))
     queue_start_epoch: int = attrs.field(default=15, validator=v.ge(0),

@@ -86,7 +86,12 @@ def build_timm(options: TimmOptions, ctx: Any) -> TimmBackbone:
     if options.pretrained_file is not None:
         # timm's pretrained path with a local file: the classifier is left out and the stem adapted to in_chans.
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(options.pretrained_file)})
-    model = timm.create_model(options.model, num_classes=0, in_chans=ctx.in_channels, **kwargs)
+    try:
+        model = timm.create_model(options.model, num_classes=0, in_chans=ctx.in_channels, **kwargs)
+    except TypeError as error:  # a keyword this architecture does not take (img_size on a ResNet, a typo in kwargs)
+        raise ValueError(f"timm model {options.model!r} does not take the arguments {sorted(kwargs)} "
+                         f"({error}); image_size applies to models with a patch grid (ViT, DeiT, Swin), and kwargs "
+                         f"must be that model's constructor arguments") from error
     return TimmBackbone(model)
 
 
