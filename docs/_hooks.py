@@ -42,6 +42,7 @@ KIND_TITLES = {
     "energy": "Energies D",
     "functional": "Functionals A/B",
     "target": "Targets",
+    "masker": "Maskers",
     "dataset": "Datasets",
     "monitor": "Monitors",
 }

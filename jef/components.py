@@ -14,6 +14,14 @@ component's attrs options class and ``ctx`` is the read-only
   ``out_dim`` is known without a forward pass. A token backbone (the built-in
   ``vit``) also has ``forward_tokens(images, mask=None, blocks=(), mask_mode="replace")``
   returning :class:`Tokens`.
+* **masker** -- ``nn.Module``; ``forward(view, generator=None) -> Masks`` draws per-sample token masks
+  (:class:`Masks`) for one view ``[B, C, H, W]`` on the patch grid of ``ctx.patch_size``. Like an
+  augmenter it draws for the global batch (``ctx.world_size × B`` samples) and keeps rows
+  ``ctx.rank × B`` onwards, so W processes draw what one draws. A pipeline with a masker runs the
+  model's masked path (:mod:`jef.model.masked`, ``docs/masks.md``).
+* **token head** -- a head (the ``predictor`` slot of a masked pipeline) with
+  ``predict_tokens(tokens: Tokens, masks: Masks) -> list[Tensor]``: the online predictions at each
+  predicted set's positions, ``[R_k, out_dim]`` rows in (sample, position) row-major order.
 * **head** (projector or predictor) -- ``nn.Module`` mapping ``[B, ctx.in_dim]``
   to ``[B, out_dim]``; attribute ``out_dim``.
 * **energy** (D) -- ``nn.Module``; ``forward(a, b) -> Tensor[N]``, one
@@ -46,6 +54,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import attrs
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -93,6 +102,9 @@ class RunContext:
             it declares them (``channels``, ``image_size``) and are stand-ins otherwise, and
             ``train_size`` is the data's ``subset_train`` or ``train_size``, else None. A factory should still check its
             options, and may skip what needs the real data (a bank sized by the training split).
+        patch_size: For the components built after the backbone: its patch side when it makes tokens (a ViT's
+            ``patch_size``), else None. A masker draws on the patch grid of a view of side ``S``,
+            ``S // patch_size``.
     """
 
     seed: int = 0
@@ -115,6 +127,7 @@ class RunContext:
     online_dim: int | None = None
     target_dim: int | None = None
     dry_run: bool = False
+    patch_size: int | None = None
 
 
 @attrs.frozen
@@ -154,6 +167,7 @@ class StepOutputs:
             ``K`` classes (SwAV's codes over prototypes, DINO's teacher
             probabilities), set by a functional that makes targets; the collapse
             monitor reports their entropy and class usage. None otherwise.
+        masked: The token outputs of a masked pipeline (a masker is set), or None.
     """
 
     online: Branch
@@ -162,6 +176,7 @@ class StepOutputs:
     indices: Tensor | None = None
     assignments: list[Tensor] | None = None
     labels: Tensor | None = None
+    masked: MaskedOutputs | None = None
 
 
 class Target(Protocol):
@@ -285,3 +300,59 @@ class Tokens:
     grid: tuple[int, int]
     blocks: dict[int, Tensor] = attrs.field(factory=dict)
     mask: Tensor | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Masks:
+    """The token masks of one view, drawn by a masker for the global batch (ARCHITECTURE §8, ``docs/masks.md``).
+
+    Attributes:
+        hidden: ``[N, T]`` bool, True where the online encoder does not see a patch (replaced by the mask token
+            or dropped, as ``mode`` says). No row is all True.
+        predict: One ``[N, T]`` bool per predicted set: the positions the loss is computed at (the hidden
+            patches for data2vec and MAE; each of I-JEPA's target blocks).
+        mode: ``"replace"`` (a learned mask token takes a hidden patch's place) or ``"drop"`` (hidden patches
+            are removed; every row keeps the same number).
+        grid: The patch grid ``(rows, cols)``, ``T = rows * cols``.
+        counts: For each predicted set, its positions over the *global* batch. A loss over the predicted
+            positions divides by ``count / world_size`` on every process, so that W processes average the
+            gradient of one process's global-batch mean even when rows predict different numbers.
+        world_size: The number of processes the masks were drawn for.
+    """
+
+    hidden: Tensor
+    predict: tuple[Tensor, ...]
+    mode: str
+    grid: tuple[int, int]
+    counts: tuple[int, ...]
+    world_size: int = 1
+
+    def to(self, device: torch.device | str) -> Masks:
+        """The masks on ``device``."""
+        return attrs.evolve(self, hidden=self.hidden.to(device), predict=tuple(p.to(device) for p in self.predict))
+
+
+@attrs.frozen(kw_only=True)
+class MaskedOutputs:
+    """What the masked path of the model produced for one batch (``StepOutputs.masked``).
+
+    Every list has one entry per view; ``predictions[v]`` and ``targets[v]`` one ``[R_k, d]`` tensor per
+    predicted set ``k`` of ``masks[v]``, rows in (sample, position) row-major order: the energy D compares
+    them row by row.
+
+    Attributes:
+        views: The views the masks apply to (a target maker may read pixels from them, as MAE's).
+        masks: Each view's :class:`Masks`.
+        online: The online encoder's :class:`Tokens` of each masked view.
+        predictions: The token head's predictions.
+        target: The target encoder's :class:`Tokens` of each whole view (with the blocks the target makers
+            asked for), or None when no target maker reads them.
+        targets: What the predictions are compared with, made by a functional's ``targets``; None until then.
+    """
+
+    views: list[Tensor]
+    masks: list[Masks]
+    online: list[Tokens]
+    predictions: list[list[Tensor]]
+    target: list[Tokens] | None = None
+    targets: list[list[Tensor]] | None = None

@@ -19,53 +19,22 @@ Two families of hooks:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-if TYPE_CHECKING:
-    import argparse
-    from collections.abc import Callable, Mapping
-    from pathlib import Path
+from jef.registry import Register, RegisterCommand, RegisterMethod
 
+if TYPE_CHECKING:
     import pluggy as _pluggy
 
-    from jef.components import RunContext, StepOutputs, StepResult
+    from jef.components import StepOutputs, StepResult
     from jef.run.state import Run
 
 PROJECT = "jef"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-class Register(Protocol):
-    """The ``register`` callable a component registration hook receives (augmenters ... monitors).
-
-    ``register(name, factory, *, options=NoOptions, description="", paper="")`` adds one component to jef's
-    table, recorded as provided by the calling plugin: ``name`` is what users write in YAML (no ``:``);
-    ``factory(options, ctx)`` builds it from an instance of ``options``, an attrs class whose defaults, types
-    and validators are the component's options (ranges are checked there, once), and the run's
-    :class:`~jef.components.RunContext`; ``description`` is one line for ``jef list``, ``paper`` the
-    reference ``jef plugins`` shows. One plugin registering a name twice is an error.
-    """
-
-    def __call__(self, name: str, factory: Callable[[Any, RunContext], Any], *, options: type = ...,
-                 description: str = "", paper: str = "") -> None: ...
-
-
-class RegisterMethod(Protocol):
-    """The ``register`` callable :func:`jef_register_methods` receives: a method's name and its recipe."""
-
-    def __call__(self, name: str, recipe: Mapping[str, Any] | Path | str, *, description: str = "",
-                 paper: str = "", multi_crop: bool = False) -> None: ...
-
-
-class RegisterCommand(Protocol):
-    """The ``register`` callable :func:`jef_register_commands` receives: a sub-command's name and handler."""
-
-    def __call__(self, name: str, handler: Callable[[argparse.Namespace], int], *,
-                 arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-                 description: str = "") -> None: ...
+__all__ = ["PROJECT", "Register", "RegisterCommand", "RegisterMethod", "hookimpl", "hookspec"]
 
 
 # -- Plugin set-up ---------------------------------------------------------------------------------
@@ -180,6 +149,19 @@ def jef_register_targets(register: Register) -> None:
 
     Args:
         register: Adds one target maker to jef's table (a :class:`Register`).
+    """
+
+
+@hookspec
+def jef_register_maskers(register: Register) -> None:
+    """Register maskers (``masker:``): per-sample token masks for masked methods (data2vec, I-JEPA, MAE).
+
+    ``factory(options, ctx)`` returns an ``nn.Module`` whose ``forward(view, generator=None)`` returns a
+    :class:`jef.components.Masks` on the patch grid of ``ctx.patch_size``; like an augmenter it draws for
+    ``ctx.world_size × B`` samples from the run's generator and keeps rows ``ctx.rank × B`` onwards.
+
+    Args:
+        register: Adds one masker to jef's table (a :class:`Register`).
     """
 
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from jef.components import NoOptions
 from jef.names import closest
+
+if TYPE_CHECKING:
+    import argparse
+
+    from jef.components import RunContext
 
 #: Kinds of component, each with its registration hook ``jef_register_<kind>s``
 #: (``heads`` and ``energies`` spelt as such).
@@ -27,10 +32,41 @@ KINDS: dict[str, str] = {
     "energy": "jef_register_energies",
     "functional": "jef_register_functionals",
     "target": "jef_register_targets",
+    "masker": "jef_register_maskers",
     "dataset": "jef_register_datasets",
     "monitor": "jef_register_monitors",
     "command": "jef_register_commands",
 }
+
+
+class Register(Protocol):
+    """The ``register`` callable a component registration hook receives (augmenters ... monitors).
+
+    ``register(name, factory, *, options=NoOptions, description="", paper="")`` adds one component to jef's
+    table, recorded as provided by the calling plugin: ``name`` is what users write in YAML (no ``:``);
+    ``factory(options, ctx)`` builds it from an instance of ``options``, an attrs class whose defaults, types
+    and validators are the component's options (ranges are checked there, once), and the run's
+    :class:`~jef.components.RunContext`; ``description`` is one line for ``jef list``, ``paper`` the
+    reference ``jef plugins`` shows. One plugin registering a name twice is an error.
+    """
+
+    def __call__(self, name: str, factory: Callable[[Any, RunContext], Any], *, options: type = ...,
+                 description: str = "", paper: str = "") -> None: ...
+
+
+class RegisterMethod(Protocol):
+    """The ``register`` callable :func:`jef_register_methods` receives: a method's name and its recipe."""
+
+    def __call__(self, name: str, recipe: Mapping[str, Any] | Path | str, *, description: str = "",
+                 paper: str = "", multi_crop: bool = False) -> None: ...
+
+
+class RegisterCommand(Protocol):
+    """The ``register`` callable :func:`jef_register_commands` receives: a sub-command's name and handler."""
+
+    def __call__(self, name: str, handler: Callable[[argparse.Namespace], int], *,
+                 arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 description: str = "") -> None: ...
 
 
 class BuildError(RuntimeError):

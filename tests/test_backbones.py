@@ -131,7 +131,7 @@ def test_heads_need_in_dim(factory):
 
 def test_identity_head_and_registration():
     table = _recorded(heads.jef_register_heads)
-    assert set(table) == {"mlp", "identity"}
+    assert set(table) == {"mlp", "identity", "token_linear"}
     ident = table["identity"][0](NoOptions(), RunContext(in_dim=7))
     x = torch.rand(3, 7)
     assert ident.out_dim == 7 and torch.equal(ident(x), x)

@@ -57,6 +57,16 @@ SHRUNK: dict[str, dict[str, Any]] = {
              "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
              "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
              "functionals": [{"name": "centering", "teacher_temperature": 0.07}]},
+    # The masked recipes on a tiny ViT: masks drawn from the run's generator, a 4 x 4 patch grid.
+    "data2vec": {"augmenter": {"size": 16}, "masker": {"min_block": 2},
+                 "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+                 "functionals": [{"name": "token_targets", "blocks": 2}]},
+    "ijepa": {"augmenter": {"size": 16},
+              "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+              "masker": {"n_targets": 2, "min_keep": 2}, "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    "mae": {"augmenter": {"size": 16},
+            "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+            "predictor": {"width": 16, "depth": 1, "heads": 2}},
 }
 STEPS = 3
 

@@ -149,7 +149,7 @@ def test_a_broken_plugin_is_shown_as_documented(capsys):
     from jef.builtin.commands import plugins_command
     from jef.testing import fake_distribution
 
-    with fake_distribution("jef-plugin-ijepa", "import flash_attn_cuda\n", version="0.2.0"):
+    with fake_distribution("jef-plugin-hiera", "import flash_attn_cuda\n", version="0.2.0"):
         loaded = load_plugins()
     plugins_command(argparse.Namespace(plugins=loaded, json=False, all=False))
     out, err = capsys.readouterr()

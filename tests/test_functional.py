@@ -164,7 +164,7 @@ def test_registration_names_and_options():
 
     E.jef_register_energies(register)
     FN.jef_register_functionals(register)
-    assert set(seen) == {"cosine", "mse", "scaled_cosine", "cross_entropy", "info_nce"}
+    assert set(seen) == {"cosine", "mse", "smooth_l1", "scaled_cosine", "cross_entropy", "info_nce"}
     assert seen["scaled_cosine"]["options"] is E.ScaledCosineOptions
     assert seen["info_nce"]["options"] is FN.InfoNCEOptions
     assert FN.InfoNCEOptions().temperature == 0.1 == E.ScaledCosineOptions().temperature

@@ -73,6 +73,19 @@ METHODS = {
              "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8,
                            "freeze_last_layer_epochs": 0},
              "functionals": [{"name": "centering", "teacher_temperature": 0.07}]},
+    # A masked recipe: block masks drawn for the global batch and sharded, each process's energy divided by the
+    # global batch's masked count (rows mask unequal numbers), both blocks of the tiny EMA teacher averaged.
+    "data2vec": {"augmenter": {"size": 16},
+                 "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+                 "masker": {"min_block": 2}, "functionals": [{"name": "token_targets", "blocks": 2}]},
+    # I-JEPA's multi-block masks (one block size per global batch, contexts cut to its smallest) and predictor
+    # passes per target block; MAE's random masks, dropped tokens and decoder to pixels.
+    "ijepa": {"augmenter": {"size": 16},
+              "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+              "masker": {"n_targets": 2, "min_keep": 2}, "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    "mae": {"augmenter": {"size": 16},
+            "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+            "predictor": {"width": 16, "depth": 1, "heads": 2}},
 }
 #: Losses and states: float32 sums in another order (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5

@@ -57,8 +57,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 #: Components with a layer of their own that autocast runs in half precision, as their papers' code does.
 AUTOCAST_INSIDE = {"sinkhorn"}
+#: Every energy and functional but the target makers of masked pipelines: they read an encoder's tokens, not
+#: embeddings, and the masked methods' runs in bf16 (below) cover them.
 COMPONENTS = [("energy", name) for name in PLUGINS.registry.names("energy")] + \
-             [("functional", name) for name in PLUGINS.registry.names("functional")]
+             [("functional", name) for name in PLUGINS.registry.names("functional")
+              if not getattr(build_component(PLUGINS, "functional", name, OPTIONS.get(name), CTX), "needs_masks",
+                             False)]
 #: (input dtype, autocast dtype): float32 embeddings under autocast, and half-precision ones (a projector's output).
 MODES = {f"{'bf16' if dt is torch.bfloat16 else 'fp16'}-{inputs}": (dt if inputs == "inputs" else torch.float32, dt)
          for dt in HALF for inputs in ("autocast", "inputs")}
@@ -205,6 +209,15 @@ SHRUNK: dict[str, dict[str, Any]] = {
              "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
              "projector": {"name": "dino_head", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
              "functionals": [{"name": "centering", "teacher_temperature": 0.07}]},
+    "data2vec": {"augmenter": {"size": 16}, "masker": {"min_block": 2},
+                 "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
+                 "functionals": [{"name": "token_targets", "blocks": 2}]},
+    "ijepa": {"augmenter": {"size": 16},
+              "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+              "masker": {"n_targets": 2, "min_keep": 2}, "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    "mae": {"augmenter": {"size": 16},
+            "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+            "predictor": {"width": 16, "depth": 1, "heads": 2}},
 }
 #: The state each method keeps across steps (suffixes of model state_dict keys), which must stay float32.
 STATE = {"moco_v1": ["queue"], "moco_v2": ["queue"], "instdisc": ["bank", "normaliser"],
@@ -246,7 +259,7 @@ class AutocastStep:
         images, labels, indices = batch
         views = run.augmenter(images, generator=run.generator)
         with torch.autocast("cpu", dtype=self.dtype):
-            loss, terms, outputs = run.model(views, indices)
+            loss, terms, outputs = run.model(views, indices, mask_generator=run.generator)
         self.loss_dtypes |= {loss.dtype, *(t.dtype for t in terms.values())}
         return StepResult(loss, terms, attrs.evolve(outputs, labels=labels))
 

@@ -45,6 +45,16 @@ METHODS = {
              "functionals": [{"name": "centering", "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
                               "warmup_teacher_temperature_epochs": 2}],
              "train": {"optimizer": {"name": "adamw"}}},
+    # Block masks from the run's generator (restored by the checkpoint), the EMA teacher's momentum schedule.
+    "data2vec": {"method": "data2vec", "augmenter": {"size": 16},
+                 "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
+                 "masker": {"min_block": 2}, "functionals": [{"name": "token_targets", "blocks": 2}]},
+    "ijepa": {"method": "ijepa", "augmenter": {"size": 16},
+              "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+              "masker": {"n_targets": 2, "min_keep": 2}, "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    "mae": {"method": "mae", "augmenter": {"size": 16},
+            "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
+            "predictor": {"width": 16, "depth": 1, "heads": 2}},
     "instdisc": {"method": "instdisc", "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
                  "functionals": [{"name": "memory_bank", "size": 64, "dim": 16, "noise_samples": 64}]},
 }

@@ -19,6 +19,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "export_commands",
     "functionals",
     "heads",
+    "maskers",
     "monitors",
     "online_linear",
     "periodic_knn",
@@ -26,6 +27,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "report_command",
     "step",
     "targets",
+    "token_predictor",
+    "token_targets",
     "vit",
 )
 

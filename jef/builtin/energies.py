@@ -6,16 +6,18 @@ pairs (a, b) (see :class:`jef.model.joint.Objective`). Each energy here is a thi
 docstrings hold the formulas' paper references.
 """
 
+from typing import Literal
+
 import attrs
 from attrs import validators as v
 from torch import Tensor, nn
 
 from jef.components import NoOptions, RunContext
-from jef.functional import cosine_distance, mse, scaled_cosine, soft_cross_entropy
+from jef.functional import cosine_distance, mse, scaled_cosine, smooth_l1, soft_cross_entropy
 from jef.hookspecs import Register, hookimpl
 
 __all__ = ["CosineEnergy", "CrossEntropyEnergy", "CrossEntropyOptions", "MSEEnergy", "ScaledCosineEnergy",
-           "ScaledCosineOptions", "build_cosine", "build_cross_entropy", "build_mse", "build_scaled_cosine",
+           "ScaledCosineOptions", "SmoothL1Energy", "SmoothL1Options", "build_cosine", "build_cross_entropy", "build_mse", "build_scaled_cosine", "build_smooth_l1",
            "jef_register_energies"]
 
 
@@ -39,6 +41,17 @@ class CrossEntropyOptions:
     )
 
 
+@attrs.frozen(kw_only=True)
+class SmoothL1Options:
+    """Options of the ``smooth_l1`` energy (data2vec: beta 2, sum, inverse_sqrt_dim; I-JEPA: beta 1, mean)."""
+
+    beta: float = attrs.field(default=1.0, validator=v.ge(0.0), metadata={
+        "doc": "where the square turns linear (0: L1)"})
+    reduce: Literal["mean", "sum"] = attrs.field(default="mean", metadata={"doc": "over the dimensions"})
+    scale: Literal["none", "inverse_sqrt_dim"] = attrs.field(default="none", metadata={
+        "doc": "inverse_sqrt_dim: times 1/sqrt(d), as data2vec"})
+
+
 class CosineEnergy(nn.Module):
     """``1 - cos(a, b)`` per sample: BYOL's, SimSiam's loss up to constants (:func:`jef.functional.cosine_distance`)."""
 
@@ -55,6 +68,22 @@ class MSEEnergy(nn.Module):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """``[N, d], [N, d] -> [N]``."""
         return mse(a, b)
+
+
+class SmoothL1Energy(nn.Module):
+    """Smooth-L1 error per row (:func:`jef.functional.smooth_l1`): data2vec's and I-JEPA's regression loss."""
+
+    def __init__(self, beta: float = 1.0, reduce: str = "mean", scale: str = "none") -> None:
+        super().__init__()
+        self.beta, self.reduce, self.scale = float(beta), reduce, scale
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """``[N, d], [N, d] -> [N]``."""
+        factor = a.shape[-1] ** -0.5 if self.scale == "inverse_sqrt_dim" else 1.0
+        return smooth_l1(a, b, self.beta, reduce=self.reduce, scale=factor)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, reduce={self.reduce}, scale={self.scale}"
 
 
 class ScaledCosineEnergy(nn.Module):
@@ -115,6 +144,11 @@ def build_mse(options: NoOptions, ctx: RunContext) -> MSEEnergy:
     return MSEEnergy()
 
 
+def build_smooth_l1(options: SmoothL1Options, ctx: RunContext) -> SmoothL1Energy:
+    """The ``smooth_l1`` energy."""
+    return SmoothL1Energy(options.beta, options.reduce, options.scale)
+
+
 def build_scaled_cosine(options: ScaledCosineOptions, ctx: RunContext) -> ScaledCosineEnergy:
     """The ``scaled_cosine`` energy."""
     return ScaledCosineEnergy(options.temperature)
@@ -127,13 +161,16 @@ def build_cross_entropy(options: CrossEntropyOptions, ctx: RunContext) -> CrossE
 
 @hookimpl
 def jef_register_energies(register: Register) -> None:
-    """Register ``cosine``, ``mse``, ``scaled_cosine`` and ``cross_entropy``."""
+    """Register ``cosine``, ``mse``, ``smooth_l1``, ``scaled_cosine`` and ``cross_entropy``."""
     register("cosine", build_cosine, options=NoOptions,
              description="cosine distance 1 - cos(p, t) per sample",
              paper="Grill et al., Bootstrap Your Own Latent (BYOL), arXiv:2006.07733")
     register("mse", build_mse, options=NoOptions,
              description="squared error averaged over dimensions per sample",
              paper="Bardes et al., VICReg (invariance term), arXiv:2105.04906")
+    register("smooth_l1", build_smooth_l1, options=SmoothL1Options,
+             description="smooth-L1 (Huber) error per row, mean or sum over dimensions (data2vec, I-JEPA)",
+             paper="Baevski et al., data2vec, arXiv:2202.03555; Assran et al., I-JEPA, arXiv:2301.08243")
     register("scaled_cosine", build_scaled_cosine, options=ScaledCosineOptions,
              description="-cos(p, t)/τ: the positive term of NT-Xent (pair with the info_nce functional)",
              paper="Chen et al., A Simple Framework for Contrastive Learning (SimCLR), arXiv:2002.05709")

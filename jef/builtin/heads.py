@@ -1,4 +1,4 @@
-"""Built-in heads: the MLP used as projector or predictor, and the identity.
+"""Built-in heads: the MLP used as projector or predictor, the identity, and the token head ``token_linear``.
 
 A head maps ``[B, ctx.in_dim]`` to ``[B, out_dim]``. The pipeline sets
 ``ctx.in_dim`` (backbone width for a projector, projector width for a
@@ -8,10 +8,12 @@ predictor) before calling the factory.
 import attrs
 from torch import Tensor, nn
 
-from jef.components import NoOptions, RunContext
+from jef.components import Masks, NoOptions, RunContext, Tokens
+from jef.config.options import size_limit
 from jef.hookspecs import Register, hookimpl
 
-__all__ = ["IdentityHead", "MLPHead", "MLPOptions", "build_identity", "build_mlp", "jef_register_heads"]
+__all__ = ["IdentityHead", "MLPHead", "MLPOptions", "TokenLinearHead", "TokenLinearOptions", "build_identity",
+           "build_mlp", "build_token_linear", "jef_register_heads"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -35,7 +37,7 @@ class MLPOptions:
     dims: list[int] = attrs.field(
         factory=lambda: [2048, 128],
         validator=attrs.validators.deep_iterable(
-            member_validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)],
+            member_validator=[attrs.validators.instance_of(int), attrs.validators.ge(1), size_limit],
             iterable_validator=attrs.validators.min_len(1),
         ),
         metadata={"doc": "widths of the hidden layers then the output, e.g. [2048, 128]"},
@@ -118,10 +120,53 @@ def build_identity(options: NoOptions, ctx: RunContext) -> IdentityHead:
     return IdentityHead(_require_in_dim("identity", ctx))
 
 
+@attrs.frozen(kw_only=True)
+class TokenLinearOptions:
+    """Options of the ``token_linear`` token head."""
+
+    out_dim: int | None = attrs.field(default=None,
+                                      validator=attrs.validators.optional([attrs.validators.ge(1), size_limit]),
+                                      metadata={"doc": "width of the predictions (null: the backbone's width)"})
+
+
+class TokenLinearHead(nn.Module):
+    """A linear map of every patch token, read at the predicted positions: data2vec's regression head.
+
+    Baevski et al., data2vec, ICML 2022, arXiv:2202.03555 (``final_proj``). The encoder saw the masked
+    patches as mask tokens (``replace``), so each predicted position has a token to map.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., in_dim] -> [..., out_dim]``."""
+        return self.linear(x)
+
+    def predict_tokens(self, tokens: Tokens, masks: Masks) -> list[Tensor]:
+        """The map of the patch tokens at each predicted set's positions, ``[R_k, out_dim]``."""
+        if tokens.patches.shape[1] != masks.hidden.shape[1]:
+            raise ValueError(f"token_linear reads every patch position, but the encoder kept "
+                             f"{tokens.patches.shape[1]} of {masks.hidden.shape[1]} (the masker's mode is drop); "
+                             f"set the masker's mode: replace, or use a head that fills the dropped positions")
+        return [self.linear(tokens.patches[positions]) for positions in masks.predict]
+
+
+def build_token_linear(options: TokenLinearOptions, ctx: RunContext) -> TokenLinearHead:
+    """``token_linear`` on ``ctx.in_dim``-wide tokens."""
+    in_dim = _require_in_dim("token_linear", ctx)
+    return TokenLinearHead(in_dim, options.out_dim or in_dim)
+
+
 @hookimpl
 def jef_register_heads(register: Register) -> None:
-    """Register ``mlp`` and ``identity``."""
+    """Register ``mlp``, ``identity`` and ``token_linear``."""
     register("mlp", build_mlp, options=MLPOptions,
              description="MLP projector/predictor with optional BatchNorm",
              paper="Chen et al., A Simple Framework for Contrastive Learning (SimCLR), arXiv:2002.05709")
     register("identity", build_identity, options=NoOptions, description="no head: z = h")
+    register("token_linear", build_token_linear, options=TokenLinearOptions,
+             description="token head: a linear map of each patch token at the masked positions (data2vec)",
+             paper="Baevski et al., data2vec, arXiv:2202.03555")

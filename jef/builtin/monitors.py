@@ -21,6 +21,7 @@ from jef.evaluate.collapse import (
     class_usage,
     effective_rank,
     embedding_std,
+    row_spread,
     uniformity,
 )
 from jef.hookspecs import Register, hookimpl
@@ -59,6 +60,11 @@ class CollapseOptions:
         metadata={"doc": "warn when the entropy of made target distributions (SwAV codes, DINO teacher), "
                          "divided by log K, is at least this (uniform collapse)"},
     )
+    target_std_threshold: float = attrs.field(
+        default=0.1, validator=attrs.validators.ge(0.0),
+        metadata={"doc": "masked pipelines: warn when the per-dimension std of the targets at the masked "
+                         "patches (collapse/target_std) is below this (data2vec's min_target_var)"},
+    )
     stop: bool = attrs.field(
         default=False,
         metadata={"doc": "stop the run (on every process, checkpoint kept) when a collapse is diagnosed, "
@@ -94,6 +100,11 @@ class CollapseMonitor:
     that are some sample's most likely one: SwAV's prototype usage), and warns
     when every sample lands in one class or the targets are uniform.
 
+    In a masked pipeline (``outputs.masked``; ``z`` is then the pooled backbone output) it logs the spread of
+    the first view's targets and predictions at the masked patches (``collapse/target_std``,
+    ``collapse/prediction_std``: data2vec's ``target_var``, ``pred_var``) and warns when the targets' falls
+    under ``target_std_threshold``.
+
     Args:
         options: Check period and thresholds.
     """
@@ -128,6 +139,10 @@ class CollapseMonitor:
         if assigned is not None:
             self.last["collapse/target_entropy"] = assignment_entropy(assigned).item()
             self.last["collapse/target_usage"] = class_usage(assigned).item()
+        masked = outputs.masked
+        if masked is not None and masked.targets and masked.targets[0] and masked.targets[0][0].shape[0] >= 2:
+            self.last["collapse/target_std"] = row_spread(masked.targets[0][0].detach()).item()
+            self.last["collapse/prediction_std"] = row_spread(masked.predictions[0][0].detach()).item()
         # d rides along (logged, not a final metric) so `jef report` can draw the healthy std 1/sqrt(d) and the
         # warning threshold std_threshold/sqrt(d) on the collapse/std curve.
         run.log({**self.last, "collapse/dim": float(z.shape[1])})
@@ -168,6 +183,12 @@ class CollapseMonitor:
                 f"dimensional collapse: effective rank {rank:.3g} of {dim} dimensions "
                 f"(threshold {self.options.rank_threshold:g}), so the embeddings span about one direction"
             )
+        target_std = self.last.get("collapse/target_std")
+        if target_std is not None and target_std < self.options.target_std_threshold:
+            problems.append(f"target collapse: the targets at the masked patches have per-dimension std "
+                            f"{target_std:.3g} (threshold {self.options.target_std_threshold:g}), so the target "
+                            f"encoder maps every patch to about one vector; raise the EMA momentum or lower the "
+                            f"learning rate")
         if assigned is not None:
             n, k = assigned.shape
             if n >= 4 and self.last["collapse/target_usage"] * min(n, k) < 1.5:

@@ -19,6 +19,7 @@ def jef_train_step(run: Any, batch: Any) -> StepResult:
     """
     images, labels, indices = batch
     views = run.augmenter(images, generator=run.generator)
-    result = run.model(views, indices)
+    # A masker draws from the same generator, after the views: W processes draw what one draws.
+    result = run.model(views, indices, mask_generator=run.generator)
     # Labels join the outputs only after the objective, for monitors (online probes).
     return result._replace(outputs=attrs.evolve(result.outputs, labels=labels))

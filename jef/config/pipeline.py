@@ -29,7 +29,7 @@ from jef.registry import Entry, Registry, RegistryError
 
 #: Single-component slots and the registry kind they draw from.
 SLOTS: dict[str, str] = {"data": "dataset", "augmenter": "augmenter", "backbone": "backbone",
-                         "projector": "head", "predictor": "head", "energy": "energy"}
+                         "projector": "head", "predictor": "head", "energy": "energy", "masker": "masker"}
 #: List slots and their kind.
 LIST_SLOTS: dict[str, str] = {"functionals": "functional", "monitors": "monitor"}
 #: Slots that carry a loss ``weight`` beside their options.
@@ -50,6 +50,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     "predictor": None,
     "target": {"name": "shared"},
     "energy": None,
+    "masker": None,
     "functionals": [],
     "monitors": [{"name": "collapse"}],
 }
@@ -115,6 +116,7 @@ class Pipeline:
     target: Slot
     train: TrainOptions
     eval: EvalOptions
+    masker: Slot | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved pipeline as plain data (what ``jef config show`` prints and runs save)."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["CollapseWarning", "alignment", "assignment_entropy", "class_usage", "effective_rank", "embedding_std",
-           "uniformity"]
+           "row_spread", "uniformity"]
 
 
 class CollapseWarning(UserWarning):
@@ -52,6 +52,20 @@ def embedding_std(z: Tensor) -> Tensor:
     """
     z = F.normalize(_as_matrix(z, "embedding_std"), dim=1)
     return z.std(dim=0).mean()
+
+
+def row_spread(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Mean per-dimension standard deviation of rows, unnormalised: ``mean_j sqrt(var_n(x_nj) + eps)``.
+
+    data2vec's ``target_var`` and ``pred_var`` (Baevski et al., arXiv:2202.03555, official code): its targets are
+    layer-normed, so the value is near 1 when healthy and falls towards 0 when the teacher maps every patch to
+    one vector, the trivial solution its EMA must not start from.
+
+    Args:
+        x: Rows ``[N, d]``, ``N >= 2`` (masked-token targets or predictions).
+    """
+    x = _as_matrix(x, "row_spread")
+    return (x.var(dim=0) + eps).sqrt().mean()
 
 
 def effective_rank(z: Tensor, eps: float = 1e-7) -> Tensor:

@@ -7,7 +7,10 @@ embeddings; shapes are checked with messages that name the function and the
 argument. Each module's docstring holds the paper references of its maths;
 the wrappers point here instead of repeating them:
 
-* :mod:`jef.functional.energies` -- per-sample energies D (cosine, MSE, scaled cosine, soft cross-entropy);
+* :mod:`jef.functional.energies` -- per-sample energies D (cosine, MSE, smooth L1, scaled cosine, soft
+  cross-entropy);
+* :mod:`jef.functional.tokens` -- targets from token sets: the average of normalised block outputs
+  (data2vec), normalised patch pixels (MAE);
 * :mod:`jef.functional.contrastive` -- InfoNCE, its log-sum-exp denominator, NT-Xent;
 * :mod:`jef.functional.queue` -- MoCo's queue of negatives: the denominator over it and the enqueue;
 * :mod:`jef.functional.nce` -- noise-contrastive estimation over a memory bank, and its momentum update;
@@ -30,13 +33,22 @@ from jef.functional.decorrelation import (
     off_diagonal,
     variance_hinge,
 )
-from jef.functional.energies import cosine_distance, cosine_similarity, mse, scaled_cosine, soft_cross_entropy
+from jef.functional.energies import (
+    cosine_distance,
+    cosine_similarity,
+    mse,
+    scaled_cosine,
+    smooth_l1,
+    soft_cross_entropy,
+)
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
 from jef.functional.queue import enqueue, queue_info_nce_denominator, random_unit_queue
 from jef.functional.sinkhorn import sinkhorn_knopp
+from jef.functional.tokens import block_average, normalize_tokens, patch_pixels
 
 __all__ = [
     "barlow_twins_loss",
+    "block_average",
     "cosine_distance",
     "cosine_similarity",
     "cosine_similarity_matrix",
@@ -53,12 +65,15 @@ __all__ = [
     "nce_loss",
     "nce_normaliser",
     "nce_posterior",
+    "normalize_tokens",
     "nt_xent",
     "off_diagonal",
+    "patch_pixels",
     "queue_info_nce_denominator",
     "random_unit_queue",
     "scaled_cosine",
     "sinkhorn_knopp",
+    "smooth_l1",
     "soft_cross_entropy",
     "variance_hinge",
 ]

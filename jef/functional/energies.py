@@ -14,6 +14,10 @@ References:
         Cluster Assignments (SwAV), 2020, arXiv:2006.09882.
     [5] Caron et al., Emerging Properties in Self-Supervised Vision
         Transformers (DINO), 2021, arXiv:2104.14294.
+    [6] Baevski et al., data2vec: A General Framework for Self-supervised Learning in Speech, Vision and
+        Language, ICML 2022, arXiv:2202.03555.
+    [7] Assran et al., Self-Supervised Learning from Images with a Joint-Embedding Predictive Architecture
+        (I-JEPA), CVPR 2023, arXiv:2301.08243.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import Tensor
 
 from jef.functional._checks import check_same_shape, check_temperature, full_precision, normalize, upcast
 
-__all__ = ["cosine_distance", "cosine_similarity", "mse", "scaled_cosine", "soft_cross_entropy"]
+__all__ = ["cosine_distance", "cosine_similarity", "mse", "scaled_cosine", "smooth_l1", "soft_cross_entropy"]
 
 
 def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
@@ -79,6 +83,32 @@ def mse(a: Tensor, b: Tensor) -> Tensor:
     check_same_shape("mse", a, b)
     with full_precision(a):
         return (upcast(a) - upcast(b)).pow(2).mean(dim=-1)
+
+
+def smooth_l1(a: Tensor, b: Tensor, beta: float = 1.0, *, reduce: str = "mean", scale: float = 1.0) -> Tensor:
+    """Smooth-L1 (Huber) error per row: ``x²/(2β)`` for ``|x| < β``, else ``|x| − β/2``, with ``x = a − b``.
+
+    data2vec [6] sums it over the ``d`` dimensions and scales it by ``1/√d`` (β = 2 for images); I-JEPA [7]
+    averages it over dimensions (β = 1, ``F.smooth_l1_loss``'s mean). ``β = 0`` is the L1 error.
+
+    Args:
+        a: ``[N, d]`` predictions.
+        b: ``[N, d]`` targets paired with ``a``.
+        beta: ``β >= 0``, where the square turns linear.
+        reduce: ``"mean"`` or ``"sum"`` over dimensions.
+        scale: A factor on the result (data2vec: ``1/√d``).
+
+    Returns:
+        ``[N]`` per-row errors, in at least float32.
+    """
+    check_same_shape("smooth_l1", a, b)
+    if beta < 0 or reduce not in ("mean", "sum"):
+        raise ValueError(f"smooth_l1: beta must be >= 0 and reduce 'mean' or 'sum', got beta={beta}, "
+                         f"reduce={reduce!r}")
+    with full_precision(a):
+        diff = (upcast(a) - upcast(b)).abs()
+        error = torch.where(diff < beta, 0.5 * diff.pow(2) / max(beta, 1e-12), diff - 0.5 * beta)
+        return (error.sum(dim=-1) if reduce == "sum" else error.mean(dim=-1)) * scale
 
 
 def scaled_cosine(a: Tensor, b: Tensor, temperature: float) -> Tensor:

@@ -20,6 +20,7 @@ from jef.components import DataSplits, RunContext, Term
 from jef.config.pipeline import Pipeline, Slot
 from jef.config.validate import ConfigError
 from jef.model.joint import JointEmbedding, Objective
+from jef.model.masked import check_masked, check_patches, check_unmasked
 from jef.model.sync_bn import convert_sync_batchnorm
 from jef.model.targets import EmaTarget
 from jef.model.weights import find_weights, load_weights
@@ -108,6 +109,12 @@ def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True
     backbone = _make(pipeline.backbone, ctx, pipeline, "backbone")
     if weights:
         _start_backbone(pipeline, backbone, ctx)  # before the model is made: an EMA target copies the backbone
+    patch_size = getattr(backbone, "patch_size", None)
+    ctx = attrs.evolve(ctx, patch_size=patch_size if isinstance(patch_size, int) else None)
+    masker = None
+    if pipeline.masker is not None:
+        check_patches(pipeline, ctx.patch_size)
+        masker = _make(pipeline.masker, ctx, pipeline, "masker")
     h_dim = z_dim = backbone.out_dim
     projector = predictor = None
     if pipeline.projector is not None:
@@ -128,15 +135,20 @@ def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True
     functionals = [Term(s.name, _make(s, z_ctx, pipeline, f"functionals.{i}"), s.weight)
                    for i, s in enumerate(pipeline.functionals)]
     _check_target_maker(pipeline, energy, functionals)
+    if masker is not None:
+        check_masked(pipeline, backbone, masker, predictor, target, functionals)
+    else:
+        check_unmasked(pipeline, projector, predictor, functionals)
     _check_widths(pipeline, energy, functionals, online_dim, target_dim, target.projected)
     objective = Objective(energy, functionals)
-    model = JointEmbedding(backbone, projector, predictor, objective, target, augmenter.n_global)
+    model = JointEmbedding(backbone, projector, predictor, objective, target, augmenter.n_global, masker)
     if pipeline.train.sync_bn and ctx.world_size > 1:
         _sync_batch_norm(model)
     monitors = [_make(s, ctx, pipeline, f"monitors.{i}") for i, s in enumerate(pipeline.monitors)]
     # The target last: a run registers its objects in this order, and pluggy calls the newest first, so the
     # EMA target moves at a step's end before the other components' and the monitors' jef_step_end.
-    components = {"augmenter": augmenter, "backbone": backbone, "projector": projector, "predictor": predictor,
+    components = {"augmenter": augmenter, "backbone": backbone, "masker": masker, "projector": projector,
+                  "predictor": predictor,
                   "energy": energy.module if energy else None,
                   **{f"functionals.{i}": term.module for i, term in enumerate(functionals)}, "target": target}
     return z_ctx, augmenter, model, monitors, components

@@ -18,7 +18,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from jef.components import Branch, StepOutputs, StepResult, Target, Term
+from jef.components import Branch, Masks, StepOutputs, StepResult, Target, Term
+from jef.model.masked import masked_energy, masked_outputs
 from jef.model.targets import SharedTarget
 
 __all__ = ["JointEmbedding", "Objective"]
@@ -74,6 +75,8 @@ class Objective(nn.Module):
         equal in exact arithmetic for a symmetric D, but their gradients differ in the last bits, and
         reusing one for the other would change every trained figure for a saving the backbone dwarfs.
         """
+        if out.masked is not None:
+            return masked_energy(self.energy, out.masked)
         online, target = out.online.out, out.target.z
         pairs = [(a, b) for a in range(len(online)) for b in range(len(target)) if a != b]
         if not pairs:
@@ -94,19 +97,33 @@ class JointEmbedding(nn.Module):
         target: The target maker (``target:`` in the pipeline; default: the shared online branch). It is
             attached here: an EMA target adds ``target_backbone`` and ``target_projector``.
         n_global: Views ``[0, n_global)`` are global; targets are made from them only.
+        masker: The pipeline's masker, or None. With one, the step draws masks for every view and the model
+            takes its masked path (:mod:`jef.model.masked`); it holds no parameters.
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module | None, predictor: nn.Module | None,
-                 objective: Objective, target: Target | None = None, n_global: int = 2) -> None:
+                 objective: Objective, target: Target | None = None, n_global: int = 2,
+                 masker: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector if projector is not None else nn.Identity()
         self.predictor = predictor
         self.objective = objective
         self.n_global = n_global
+        self.masker = masker
         self.target = target if target is not None else SharedTarget()
         self.shuffle_bn = bool(getattr(self.target, "shuffle_bn", False))
         self.target.attach(self)
+
+    def draw_masks(self, views: list[Tensor], generator: torch.Generator | None = None) -> list[Masks] | None:
+        """One :class:`~jef.components.Masks` per view from the pipeline's masker, or None without one.
+
+        A step calls it after the augmenter, with the same generator (``model(views, indices, masks=...)``), so
+        that W processes draw the masks one process draws for the global batch.
+        """
+        if self.masker is None:
+            return None
+        return [self.masker(view, generator=generator) for view in views]
 
     def encode(self, views: list[Tensor], backbone: nn.Module, projector: nn.Module | None) -> Branch:
         """Run views through a backbone (one call per resolution) and a projector."""
@@ -120,8 +137,17 @@ class JointEmbedding(nn.Module):
         z = [projector(x) for x in hs] if projector is not None else hs
         return Branch(h=hs, z=z)
 
-    def forward(self, views: list[Tensor], indices: Tensor | None = None) -> StepResult:
-        """Both branches and the objective."""
+    def forward(self, views: list[Tensor], indices: Tensor | None = None, masks: list[Masks] | None = None,
+                mask_generator: torch.Generator | None = None) -> StepResult:
+        """Both branches and the objective; with masks (one per view) the masked path.
+
+        A step hands the run's generator as ``mask_generator`` (used after the augmenter's draws): with a
+        masker and no ``masks`` given, :meth:`draw_masks` draws them from it.
+        """
+        if masks is None and mask_generator is not None:
+            masks = self.draw_masks(views, mask_generator)
+        if masks is not None:
+            return self.objective(masked_outputs(self, views, masks, indices))
         online = self.encode(views, self.backbone, self.projector)
         if self.predictor is not None:
             online = attrs.evolve(online, p=[self.predictor(z) for z in online.z])

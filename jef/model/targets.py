@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jef.components import Branch, StepOutputs, Target
+from jef.components import Branch, StepOutputs, Target, Tokens
 from jef.hookspecs import hookimpl
 from jef.model.shuffle_bn import shuffled_encode
 
@@ -40,6 +40,10 @@ class SharedTarget:
         g = model.n_global
         return Branch(h=online.h[:g], z=online.z[:g])
 
+    def tokens(self, model: nn.Module, views: list[Tensor], blocks: tuple[int, ...]) -> list[Tokens]:
+        """The online backbone's tokens of the whole (unmasked) views, with ``blocks``' outputs (masked path)."""
+        return [model.backbone.forward_tokens(view, blocks=blocks) for view in views]
+
 
 class StopGradTarget(SharedTarget):
     """The online outputs, detached (Chen & He, SimSiam, 2021, arXiv:2011.10566)."""
@@ -47,6 +51,11 @@ class StopGradTarget(SharedTarget):
     def embed(self, model: nn.Module, views: list[Tensor], online: Branch) -> Branch:
         g = model.n_global
         return Branch(h=[x.detach() for x in online.h[:g]], z=[x.detach() for x in online.z[:g]])
+
+    def tokens(self, model: nn.Module, views: list[Tensor], blocks: tuple[int, ...]) -> list[Tokens]:
+        """As the shared target's, without gradients."""
+        with torch.no_grad():
+            return super().tokens(model, views, blocks)
 
 
 class EmaTarget:
@@ -81,6 +90,12 @@ class EmaTarget:
             return shuffled_encode(global_views, model.target_backbone, model.target_projector)
         with torch.no_grad():
             return model.encode(global_views, model.target_backbone, model.target_projector)
+
+    def tokens(self, model: nn.Module, views: list[Tensor], blocks: tuple[int, ...]) -> list[Tokens]:
+        """The momentum backbone's tokens of the whole views, with ``blocks``' outputs (masked path: data2vec's
+        teacher, I-JEPA's target encoder)."""
+        with torch.no_grad():
+            return [model.target_backbone.forward_tokens(view, blocks=blocks) for view in views]
 
     def momentum(self, step: int) -> float:
         """m after ``step`` optimiser steps."""

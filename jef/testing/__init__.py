@@ -13,7 +13,8 @@
   tiny runs in several gloo processes (:mod:`jef.testing.distributed`).
 * Contract checks (:mod:`jef.testing.contracts`): :func:`check_energy`,
   :func:`check_functional`, :func:`check_functional_under_gather`,
-  :func:`check_augmenter`, :func:`check_backbone`, :func:`check_head` and
+  :func:`check_augmenter`, :func:`check_backbone`, :func:`check_head`, :func:`check_masker`,
+  :func:`check_token_head` and
   :func:`check_component` raise :class:`ContractError` explaining how a
   component breaks its kind's contract; :func:`build_component` builds a
   registered component with small defaults.
@@ -39,6 +40,7 @@ from jef.testing.contracts import ContractError, build_component, check_componen
 from jef.testing.distributed import record_runs, run_in_processes, train_in_processes
 from jef.testing.faults import train_killed_at
 from jef.testing.gather_contract import check_functional_under_gather
+from jef.testing.mask_contracts import check_masker, check_token_head
 from jef.testing.module_contracts import check_augmenter, check_backbone, check_head
 
 __all__ = [
@@ -64,6 +66,8 @@ __all__ = [
     "check_functional",
     "check_functional_under_gather",
     "check_head",
+    "check_masker",
+    "check_token_head",
     "fake_distribution",
     "fresh_plugins",
     "temporary_plugin",
@@ -250,8 +254,10 @@ def tiny_run(pipeline: Mapping[str, Any] | None = None, *, steps: int = 2, run_d
     # or the method's recipe chose by name (DINO's head has no `dims`).
     chosen = dict(_recipe(plugins, data.get("method")))
     chosen.update(data)
+    # A slot the recipe or the caller turns off (``projector: null``) drops them too.
     base = {key: value for key, value in base.items()
-            if not (isinstance(value, dict) and "name" not in value and _names_another(chosen.get(key), key))}
+            if not (isinstance(value, dict) and "name" not in value
+                    and (_names_another(chosen.get(key), key) or (key in chosen and chosen[key] is None)))}
     validated = resolve(merge(base, data), source="<tiny_run>", registry=plugins.registry)
     directory = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="jef-tiny-run-"))
     called: list[str] = []

@@ -265,10 +265,11 @@ def check_functional(functional: nn.Module, *, name: str = "functional", n: int 
 
 def _checks() -> dict[str, Callable[..., None]]:
     # Imported here: module_contracts imports this module's helpers.
+    from jef.testing.mask_contracts import check_masker
     from jef.testing.module_contracts import check_augmenter, check_backbone, check_head
 
     return {"energy": check_energy, "functional": check_functional, "augmenter": check_augmenter,
-            "backbone": check_backbone, "head": check_head}
+            "backbone": check_backbone, "head": check_head, "masker": check_masker}
 
 
 def check_component(kind: str, component: Any, **kwargs: Any) -> None:
@@ -305,4 +306,6 @@ def build_component(plugins: Plugins, kind: str, name: str, options: Mapping[str
         ctx = RunContext(batch_size=8, global_batch_size=8, image_size=16, in_channels=3)
         if kind == "head":
             ctx = attrs.evolve(ctx, in_dim=8)
+        if kind in ("masker", "head", "functional"):  # maskers, token heads, pixel targets: 4 px patches
+            ctx = attrs.evolve(ctx, patch_size=4)
     return entry.factory(built_options, ctx)

@@ -198,16 +198,45 @@ def _views(run: Any, result: ModelFigures, images: int, device: str) -> None:
     labels = _dataset_labels(splits.train) if splits.labelled else None
     chosen = spread(labels, images, len(splits.train) if labels is None else len(labels))
     raw = torch.stack([splits.train[i][0] for i in chosen])
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        views = augmenter(raw.to(device), generator=torch.Generator().manual_seed(0))
+        views = augmenter(raw.to(device), generator=generator)
+        masker = getattr(run.built.model, "masker", None)
+        masks = [masker(view, generator=generator) for view in views] if masker is not None else None
     n_global = int(getattr(augmenter, "n_global", len(views)))
     names = [f"global {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
     names = [f"{name}, {view.shape[-1]}px" for name, view in zip(names, views, strict=True)]
+    shown = [displayable(v, augmenter) for v in views]
+    if masks is not None:  # each view, then what the online encoder sees of it (ARCHITECTURE §8)
+        names = [name for pair in zip(names, [f"{n.split(',')[0]}, masked" for n in names], strict=True)
+                 for name in pair]
+        shown = [image for view, m in zip(shown, masks, strict=True) for image in (view, masked_display(view, m))]
     classes = getattr(splits.train, "classes", None)
     rows = [f"#{i}" + (f" {_class_name(classes, labels[i])}" if labels else "") for i in chosen]
-    result.pngs["views"] = to_png(views_figure(_as_images(raw), [displayable(v, augmenter) for v in views],
-                                               names, rows))
-    result.details["views"] = f"{len(chosen)} training images x {len(views)} views (seed 0)"
+    result.pngs["views"] = to_png(views_figure(_as_images(raw), shown, names, rows))
+    masked = ", each beside its masks (hidden patches grey, predicted ones red)" if masks is not None else ""
+    result.details["views"] = f"{len(chosen)} training images x {len(views)} views (seed 0){masked}"
+
+
+def masked_display(view: np.ndarray, masks: Any) -> np.ndarray:
+    """A displayed view ``[N, C, h, w]`` (in [0, 1]) as the online encoder sees it: hidden patches grey, RGB.
+
+    Patches a predicted set holds but the encoder still sees (none for data2vec and MAE) are not hidden; hidden
+    and predicted patches (I-JEPA's targets, data2vec's masked patches) get a red tint over the grey.
+    """
+    rows, cols = masks.grid
+    n, channels, h, w = view.shape
+    rgb = np.repeat(view, 3, axis=1) if channels == 1 else view[:, :3].copy()
+    def upscale(grid_mask: torch.Tensor) -> np.ndarray:  # [N, T] -> [N, 1, h, w] pixels
+        m = grid_mask.detach().cpu().numpy().reshape(n, rows, cols)
+        return m.repeat(h // rows, axis=1).repeat(w // cols, axis=2)[:, None]
+    hidden = upscale(masks.hidden)
+    predicted = np.zeros_like(hidden)
+    for positions in masks.predict:
+        predicted |= upscale(positions)
+    out = np.where(hidden, 0.5, rgb)
+    red = np.array([0.85, 0.35, 0.35]).reshape(1, 3, 1, 1)
+    return np.where(predicted & hidden, 0.5 * out + 0.5 * red, out)
 
 
 def _class_name(classes: Sequence[str] | None, label: int) -> str:
