@@ -67,6 +67,9 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "mae": {"augmenter": {"size": 16},
             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
             "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    # LeJEPA on a tiny ViT (its stochastic depth draws from the global generator), SIGReg's seeded directions.
+    "lejepa": {"augmenter": {**MULTI_CROP, "size": 16, "solarize_p": 0.0},
+               "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4}},
 }
 STEPS = 3
 

@@ -86,6 +86,10 @@ METHODS = {
     "mae": {"augmenter": {"size": 16},
             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
             "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    # LeJEPA on a tiny ViT with 2 of its 6 local views: SIGReg's cosine and sine sums gathered over the processes
+    # (with gradient), its directions drawn from the run's seed and a step counter that both processes advance.
+    "lejepa": {"augmenter": {"size": 16, "n_local": 2, "local_size": 8},
+               "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0}},
 }
 #: Losses and states: float32 sums in another order (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5

@@ -218,6 +218,9 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "mae": {"augmenter": {"size": 16},
             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
             "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    # LeJEPA on a tiny ViT, 2 local views of 8 px: SIGReg's cosines and sines in float32 from bf16 embeddings.
+    "lejepa": {"augmenter": {"size": 16, "n_local": 2, "local_size": 8, "blur_p": 0.0, "solarize_p": 0.0},
+               "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4}},
 }
 #: The state each method keeps across steps (suffixes of model state_dict keys), which must stay float32.
 STATE = {"moco_v1": ["queue"], "moco_v2": ["queue"], "instdisc": ["bank", "normaliser"],

@@ -55,6 +55,10 @@ METHODS = {
     "mae": {"method": "mae", "augmenter": {"size": 16},
             "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path": 0.0},
             "predictor": {"width": 16, "depth": 1, "heads": 2}},
+    # SIGReg's directions follow its step counter, which the checkpoint restores; AdamW's moments; 2 local views.
+    "lejepa": {"method": "lejepa", "augmenter": {**MULTI_CROP, "size": 16},
+               "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4},
+               "train": {"optimizer": {"name": "adamw"}}},
     "instdisc": {"method": "instdisc", "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
                  "functionals": [{"name": "memory_bank", "size": 64, "dim": 16, "noise_samples": 64}]},
 }

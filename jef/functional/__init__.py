@@ -15,7 +15,9 @@ the wrappers point here instead of repeating them:
 * :mod:`jef.functional.queue` -- MoCo's queue of negatives: the denominator over it and the enqueue;
 * :mod:`jef.functional.nce` -- noise-contrastive estimation over a memory bank, and its momentum update;
 * :mod:`jef.functional.decorrelation` -- VICReg's variance and covariance, Barlow Twins' cross-correlation loss;
-* :mod:`jef.functional.sinkhorn` -- Sinkhorn-Knopp codes (SwAV).
+* :mod:`jef.functional.sinkhorn` -- Sinkhorn-Knopp codes (SwAV);
+* :mod:`jef.functional.sigreg` -- LeJEPA's SIGReg (a sliced Epps-Pulley test against N(0, I)) and its prediction
+  term.
 
 Precision: every function here computes in at least float32, with autocast
 disabled, and returns float32 for float16/bfloat16 inputs (normalisation,
@@ -43,6 +45,7 @@ from jef.functional.energies import (
 )
 from jef.functional.nce import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
 from jef.functional.queue import enqueue, queue_info_nce_denominator, random_unit_queue
+from jef.functional.sigreg import epps_pulley, lejepa_prediction, sliced_epps_pulley
 from jef.functional.sinkhorn import sinkhorn_knopp
 from jef.functional.tokens import block_average, normalize_tokens, patch_pixels
 
@@ -56,10 +59,12 @@ __all__ = [
     "cross_correlation",
     "cross_correlation_loss",
     "enqueue",
+    "epps_pulley",
     "full_softmax_loss",
     "info_nce",
     "info_nce_denominator",
     "l2_normalize",
+    "lejepa_prediction",
     "momentum_update",
     "mse",
     "nce_loss",
@@ -73,6 +78,7 @@ __all__ = [
     "random_unit_queue",
     "scaled_cosine",
     "sinkhorn_knopp",
+    "sliced_epps_pulley",
     "smooth_l1",
     "soft_cross_entropy",
     "variance_hinge",
