@@ -328,8 +328,10 @@ class Masks:
     world_size: int = 1
 
     def to(self, device: torch.device | str) -> Masks:
-        """The masks on ``device``."""
-        return attrs.evolve(self, hidden=self.hidden.to(device), predict=tuple(p.to(device) for p in self.predict))
+        """The masks on ``device``; a predicted set that is the hidden mask itself stays that one tensor."""
+        hidden = self.hidden.to(device)
+        return attrs.evolve(self, hidden=hidden,
+                            predict=tuple(hidden if p is self.hidden else p.to(device) for p in self.predict))
 
 
 @attrs.frozen(kw_only=True)

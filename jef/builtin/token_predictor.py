@@ -113,6 +113,8 @@ class ViTPredictor(nn.Module):
             kept = torch.cat([self.embed(tokens.cls[:, None]) + pos[:, :1], kept], dim=1)
         if self.options.queries == "hidden":
             out = self._queried(kept, hidden, grid_pos)
+            if all(positions is hidden for positions in masks.predict):  # MAE: the rows are the pass's outputs
+                return [out.reshape(-1, self.out_dim) for _ in masks.predict]
             full = out.new_zeros(n, total, self.out_dim)
             full[hidden] = out.reshape(-1, self.out_dim)
             for positions in masks.predict:
