@@ -43,6 +43,7 @@ KIND_TITLES = {
     "functional": "Functionals A/B",
     "target": "Targets",
     "masker": "Maskers",
+    "tokenizer": "Tokenizers",
     "dataset": "Datasets",
     "monitor": "Monitors",
 }

@@ -22,6 +22,11 @@ component's attrs options class and ``ctx`` is the read-only
 * **token head** -- a head (the ``predictor`` slot of a masked pipeline) with
   ``predict_tokens(tokens: Tokens, masks: Masks) -> list[Tensor]``: the online predictions at each
   predicted set's positions, ``[R_k, out_dim]`` rows in (sample, position) row-major order.
+* **tokenizer** -- ``nn.Module`` without parameters for a text encoder: ``encode(texts) -> LongTensor
+  [B, context_length]``, each row ``[SOT, ids..., EOT]`` then padding ``0``; attributes ``vocab_size``,
+  ``context_length``, ``pad_id`` (0); optionally ``fit(texts)`` learns its state (a vocabulary) from the
+  training texts, kept in ``get_extra_state`` so that checkpoints hold it. The text backbone built after it
+  reads ``ctx.vocab_size`` and ``ctx.context_length``.
 * **head** (projector or predictor) -- ``nn.Module`` mapping ``[B, ctx.in_dim]``
   to ``[B, out_dim]``; attribute ``out_dim``.
 * **energy** (D) -- ``nn.Module``; ``forward(a, b) -> Tensor[N]``, one
@@ -105,6 +110,9 @@ class RunContext:
         patch_size: For the components built after the backbone: its patch side when it makes tokens (a ViT's
             ``patch_size``), else None. A masker draws on the patch grid of a view of side ``S``,
             ``S // patch_size``.
+        vocab_size: For a text encoder's backbone: the size of its tokenizer's vocabulary (token ids are
+            ``0 .. vocab_size - 1``, 0 the padding), else None.
+        context_length: For a text encoder's backbone: the tokens per text its tokenizer makes, else None.
     """
 
     seed: int = 0
@@ -128,6 +136,8 @@ class RunContext:
     target_dim: int | None = None
     dry_run: bool = False
     patch_size: int | None = None
+    vocab_size: int | None = None
+    context_length: int | None = None
 
 
 @attrs.frozen

@@ -166,6 +166,19 @@ def jef_register_maskers(register: Register) -> None:
 
 
 @hookspec
+def jef_register_tokenizers(register: Register) -> None:
+    """Register tokenizers (``encoders.<name>.tokenizer``): text -> token ids for a text encoder (CLIP, SigLIP).
+
+    ``factory(options, ctx)`` returns an ``nn.Module`` (no parameters; its state, e.g. a vocabulary, in
+    ``get_extra_state``) with ``context_length``, ``vocab_size``, ``encode(texts) -> LongTensor [B, L]`` (padding
+    ``pad_id``), and optionally ``fit(texts)`` to learn its state from the training split's texts.
+
+    Args:
+        register: Adds one tokenizer to jef's table (a :class:`Register`).
+    """
+
+
+@hookspec
 def jef_register_datasets(register: Register) -> None:
     """Register datasets.
 

@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "functional": "jef_register_functionals",
     "target": "jef_register_targets",
     "masker": "jef_register_maskers",
+    "tokenizer": "jef_register_tokenizers",
     "dataset": "jef_register_datasets",
     "monitor": "jef_register_monitors",
     "command": "jef_register_commands",

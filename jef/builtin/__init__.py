@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "report_command",
     "step",
     "targets",
+    "text",
     "token_predictor",
     "token_targets",
     "vit",

@@ -156,18 +156,30 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; ``qkv`` packs q, k, v as ``nn.MultiheadAttention``'s ``in_proj`` does."""
+    """Multi-head self-attention; ``qkv`` packs q, k, v as ``nn.MultiheadAttention``'s ``in_proj`` does.
 
-    def __init__(self, width: int, heads: int) -> None:
+    ``causal``: token ``i`` attends to tokens ``<= i`` only (a text encoder's, CLIP's). ``forward(x, mask)``: an
+    optional bool ``[N, L]`` key mask, True where a token may be attended to (not padding).
+    """
+
+    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         n, length, width = x.shape
         q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, width))
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True) if self.causal else \
+                F.scaled_dot_product_attention(q, k, v)
+        else:
+            allowed = mask[:, None, None, :]  # [N, 1, 1, L]: every query, every head
+            if self.causal:
+                allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.proj(out.transpose(1, 2).reshape(n, length, width))
 
 
 class Mlp(nn.Module):
@@ -208,12 +220,14 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+    """A pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; ``causal``: see
+    :class:`Attention`."""
 
-    def __init__(self, width: int, heads: int, hidden: int, drop_path: float, layer_scale: float | None) -> None:
+    def __init__(self, width: int, heads: int, hidden: int, drop_path: float, layer_scale: float | None,
+                 causal: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=1e-6)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, causal)
         self.ls1 = LayerScale(width, layer_scale) if layer_scale is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
@@ -221,8 +235,9 @@ class Block(nn.Module):
         self.ls2 = LayerScale(width, layer_scale) if layer_scale is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask``: an optional bool ``[N, L]`` key mask (True: may be attended to), see :class:`Attention`."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), mask)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 

@@ -16,6 +16,8 @@ the wrappers point here instead of repeating them:
 * :mod:`jef.functional.nce` -- noise-contrastive estimation over a memory bank, and its momentum update;
 * :mod:`jef.functional.decorrelation` -- VICReg's variance and covariance, Barlow Twins' cross-correlation loss;
 * :mod:`jef.functional.sinkhorn` -- Sinkhorn-Knopp codes (SwAV);
+* :mod:`jef.functional.crossmodal` -- image-text contrastive losses: CLIP's symmetric cross-entropy, SigLIP's
+  pairwise sigmoid loss (each rank's rows against the global batch's, through :func:`jef.dist.gather`);
 * :mod:`jef.functional.sigreg` -- LeJEPA's SIGReg (a sliced Epps-Pulley test against N(0, I)) and its prediction
   term.
 
@@ -27,6 +29,7 @@ precision); see the documentation's "Mixed precision" page.
 
 from jef.functional._checks import normalize as l2_normalize
 from jef.functional.contrastive import cosine_similarity_matrix, info_nce, info_nce_denominator, nt_xent
+from jef.functional.crossmodal import clip_loss, siglip_loss
 from jef.functional.decorrelation import (
     barlow_twins_loss,
     covariance_penalty,
@@ -52,6 +55,7 @@ from jef.functional.tokens import block_average, normalize_tokens, patch_pixels
 __all__ = [
     "barlow_twins_loss",
     "block_average",
+    "clip_loss",
     "cosine_distance",
     "cosine_similarity",
     "cosine_similarity_matrix",
@@ -77,6 +81,7 @@ __all__ = [
     "queue_info_nce_denominator",
     "random_unit_queue",
     "scaled_cosine",
+    "siglip_loss",
     "sinkhorn_knopp",
     "sliced_epps_pulley",
     "smooth_l1",
