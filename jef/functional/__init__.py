@@ -1,8 +1,10 @@
 """Pure tensor functions: similarities, energies and the batch-level losses built from them.
 
-No state, no distributed communication: the registered components of
-:mod:`jef.builtin` (and of method plugins) wrap these and add the gathering
-over processes and the state (queues, memory banks). Inputs are ``[N, d]``
+No state: the registered components of :mod:`jef.builtin` (and of method
+plugins) wrap these and add the state (queues, memory banks). Communication
+over processes is the caller's too (Sinkhorn and SIGReg take the collective
+they use as an argument), except in :mod:`jef.functional.crossmodal`, whose
+losses gather the other side themselves unless called with ``gather=False``. Inputs are ``[N, d]``
 embeddings; shapes are checked with messages that name the function and the
 argument. Each module's docstring holds the paper references of its maths;
 the wrappers point here instead of repeating them:
