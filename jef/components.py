@@ -178,6 +178,8 @@ class StepOutputs:
             probabilities), set by a functional that makes targets; the collapse
             monitor reports their entropy and class usage. None otherwise.
         masked: The token outputs of a masked pipeline (a masker is set), or None.
+        towers: The branch of each named encoder of the pipeline (``encoders:``; CLIP's text tower), by name,
+            or None without encoders. A ``tower`` target is one of them.
     """
 
     online: Branch
@@ -187,6 +189,7 @@ class StepOutputs:
     assignments: list[Tensor] | None = None
     labels: Tensor | None = None
     masked: MaskedOutputs | None = None
+    towers: dict[str, Branch] | None = None
 
 
 class Target(Protocol):
@@ -206,7 +209,12 @@ class Target(Protocol):
         """Called once, when the model (a ``jef.model.joint.JointEmbedding``) is made, before any step."""
 
     def embed(self, model: nn.Module, views: list[Tensor], online: Branch) -> Branch:
-        """The target branch of the global views ``views[:model.n_global]``, given the online branch."""
+        """The target branch of the global views ``views[:model.n_global]``, given the online branch.
+
+        A target that embeds with one of the pipeline's named encoders implements ``embed_towers(model, views,
+        online, towers) -> Branch`` as well; the model calls it instead, with every encoder's branch of the step
+        (the built-in ``tower`` target).
+        """
 
 
 class Term(NamedTuple):
@@ -246,7 +254,11 @@ class DataSplits:
 
     Each split yields ``(image, label, index)``: ``image`` a uint8 tensor
     ``[C, H, W]``, ``label`` an int (``-1`` when unlabelled), ``index`` the
-    sample's position in the split.
+    sample's position in the split. A split with more fields than these (a
+    caption) yields a mapping of named fields instead, ``{"image": ...,
+    "text": str, "label": int, "index": int}`` (:mod:`jef.data.fields`); such
+    a split also has a ``texts`` attribute, the list of every sample's text,
+    so that a tokenizer can be fitted without decoding any image.
 
     Attributes:
         train: The split trained on (and the kNN feature bank).
@@ -255,6 +267,11 @@ class DataSplits:
         channels: Image channels.
         image_size: Image side (images are square after loading).
         name: Human-readable name for logs.
+        fields: The fields of a sample (``image``, ``label`` and ``index`` for a tuple; ``text`` too for
+            image-text data). A pipeline's encoder of a field checks it is here.
+        class_names: Readable class names indexed by label (zero-shot prompts), or None.
+        prompt_templates: Zero-shot prompt templates with one ``{}`` for the class name (``"a photo of a
+            {}."``); empty: the zero-shot protocol's defaults.
     """
 
     train: Dataset
@@ -263,6 +280,9 @@ class DataSplits:
     channels: int
     image_size: int
     name: str = ""
+    fields: tuple[str, ...] = ("image", "label", "index")
+    class_names: tuple[str, ...] | None = None
+    prompt_templates: tuple[str, ...] = ()
 
     @property
     def labelled(self) -> bool:

@@ -56,7 +56,7 @@ def plugins():
 
 def test_the_built_in_targets_are_registered_components(plugins):
     entries = {entry.name: entry for entry in plugins.registry.entries("target")}
-    assert set(entries) == {"shared", "stopgrad", "ema"}
+    assert set(entries) == {"shared", "stopgrad", "ema", "tower"}
     assert {entry.provenance.plugin for entry in entries.values()} == {"builtin.targets"}
     pipeline = resolve({**TINY_PIPELINE, "target": {"name": "ema", "momentum": 0.9}}, registry=plugins.registry)
     assert pipeline.to_dict()["target"] == {"name": "ema", "momentum": 0.9, "final_momentum": 1.0,

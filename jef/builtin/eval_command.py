@@ -1,4 +1,5 @@
-"""``jef eval``: the offline protocols (kNN, linear probe, fine-tuning) on a finished run's backbone."""
+"""``jef eval``: the offline protocols (kNN, linear probe, fine-tuning; zero-shot and retrieval with a text encoder)
+on a finished run."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import sys
 
 from jef.hookspecs import RegisterCommand, hookimpl
 
-PROTOCOL_CHOICES = ("knn", "linear", "finetune", "all")
+PROTOCOL_CHOICES = ("knn", "linear", "finetune", "zero_shot", "retrieval", "all")
 
 
 @hookimpl
 def jef_register_commands(register: RegisterCommand) -> None:
     register("eval", eval_command, arguments=eval_arguments,
-             description="Evaluate a run's backbone offline (weighted kNN, linear probe, fine-tuning); "
-                         "writes evaluation.json in the run directory.")
+             description="Evaluate a run's backbone offline (weighted kNN, linear probe, fine-tuning; zero-shot "
+                         "classification and image-text retrieval for a model with a text encoder); writes "
+                         "evaluation.json in the run directory.")
 
 
 def eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +35,10 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     import torch
 
-    from jef.evaluate.protocols import PROTOCOLS, evaluate_backbone, require_labels, write_evaluation
+    from jef.config.validate import ConfigError
+    from jef.evaluate.multimodal import can_run
+    from jef.evaluate.protocols import (BACKBONE_PROTOCOLS, PROTOCOLS, evaluate_backbone, require_labels,
+                                        write_evaluation)
     from jef.tools.runs import load_run
 
     device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
@@ -43,18 +48,25 @@ def eval_command(args: argparse.Namespace) -> int:
         run = load_run(args.run, overrides, plugins=args.plugins, device=device)
     except RuntimeError as error:  # a checkpoint of another pipeline: the message says which files
         return _fail(error)
-    splits = run.built.splits
-    try:
-        require_labels(splits)
-    except ValueError as error:
-        return _fail(f"{run.directory}: {error}")
-    protocols = None if not args.protocol else PROTOCOLS if "all" in args.protocol else args.protocol
-    if protocols is None and not any(getattr(run.pipeline.eval, name).enabled for name in PROTOCOLS):
+    splits, model = run.built.splits, run.built.model
+    protocols = None if not args.protocol else list(args.protocol)
+    if protocols is not None and "all" in protocols:  # every protocol this model and data can serve
+        protocols = [*BACKBONE_PROTOCOLS, *sorted(can_run(model, splits))]
+    servable = {*BACKBONE_PROTOCOLS, *can_run(model, splits)}
+    if protocols is None and not any(getattr(run.pipeline.eval, name).enabled for name in PROTOCOLS
+                                     if name in servable):
         return _fail(f"{run.directory}: every protocol is disabled in the pipeline's eval section; pass "
-                     f"--protocol knn|linear|finetune|all or eval.knn.enabled=true")
-    results = evaluate_backbone(run.backbone, splits, run.built.augmenter.eval_view, run.pipeline.eval, device,
-                                seed=run.pipeline.seed, protocols=protocols,
-                                num_workers=run.pipeline.train.num_workers)
+                     f"--protocol knn|linear|finetune|zero_shot|retrieval|all or eval.knn.enabled=true")
+    try:
+        if protocols is None or set(protocols) - {"retrieval"}:  # retrieval alone needs no labels
+            require_labels(splits)
+        results = evaluate_backbone(run.backbone, splits, run.built.augmenter.eval_view, run.pipeline.eval, device,
+                                    seed=run.pipeline.seed, protocols=protocols,
+                                    num_workers=run.pipeline.train.num_workers, model=model)
+    except ConfigError:  # an eval option the model cannot serve: the CLI names its YAML path
+        raise
+    except ValueError as error:  # data or model that cannot serve a protocol: the message says what is missing
+        return _fail(f"{run.directory}: {error}")
     path = write_evaluation(run.directory, results, step=run.step)
     if args.json:
         print(json.dumps({r.key: {"value": r.value, "protocol": r.protocol, "step": run.step} for r in results},

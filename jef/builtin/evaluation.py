@@ -15,6 +15,7 @@ from torch import nn
 
 from jef.evaluate.knn import knn_evaluate
 from jef.config.validate import ConfigError
+from jef.evaluate.multimodal import can_run
 from jef.evaluate.protocols import check_backbone, evaluate_backbone, write_evaluation
 from jef.hookspecs import hookimpl
 
@@ -55,11 +56,14 @@ class RunEvaluation:
         """Add the baseline and the ``eval:`` protocols' results to ``metrics``; write ``evaluation.json``."""
         if self.baseline is not None:
             metrics["knn_top1_random"] = self.baseline
-        splits = run.splits
-        if not (splits.labelled and splits.test is not None):
+        splits, model = run.splits, run.unwrapped_model
+        if splits.test is None or not (splits.labelled or can_run(model, splits)):
             return
-        results = evaluate_backbone(run.unwrapped_model.backbone, splits, run.augmenter.eval_view,
-                                    self.pipeline.eval, run.accelerator.device, seed=self.pipeline.seed)
+        protocols = None if splits.labelled else can_run(model, splits) & {  # unlabelled captions: retrieval only
+            name for name in ("retrieval",) if self.pipeline.eval.retrieval.enabled}
+        results = evaluate_backbone(model.backbone, splits, run.augmenter.eval_view, self.pipeline.eval,
+                                    run.accelerator.device, seed=self.pipeline.seed, model=model,
+                                    protocols=protocols)
         metrics.update({result.key: result.value for result in results})
         if run.directory is not None and results:
             write_evaluation(run.directory, results, step=run.step)

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from jef.components import StepResult
+from jef.data.fields import as_fields, extra_fields
 from jef.hookspecs import hookimpl
 
 
@@ -17,9 +18,9 @@ def jef_train_step(run: Any, batch: Any) -> StepResult:
     ``trylast``: a plugin the pipeline selected that implements ``jef_train_step`` runs first and, by
     returning a result, replaces this one.
     """
-    images, labels, indices = batch
-    views = run.augmenter(images, generator=run.generator)
+    fields = as_fields(batch)  # an (image, label, index) tuple, or a mapping of named fields (image-text data)
+    views = run.augmenter(fields["image"], generator=run.generator)
     # A masker draws from the same generator, after the views: W processes draw what one draws.
-    result = run.model(views, indices, mask_generator=run.generator)
+    result = run.model(views, fields["index"], mask_generator=run.generator, fields=extra_fields(fields) or None)
     # Labels join the outputs only after the objective, for monitors (online probes).
-    return result._replace(outputs=attrs.evolve(result.outputs, labels=labels))
+    return result._replace(outputs=attrs.evolve(result.outputs, labels=fields["label"]))

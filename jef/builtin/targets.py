@@ -1,6 +1,6 @@
-"""Built-in target makers (the ``target`` kind): ``shared``, ``stopgrad`` and ``ema``.
+"""Built-in target makers (the ``target`` kind): ``shared``, ``stopgrad``, ``ema`` and ``tower``.
 
-What each one does is in :mod:`jef.model.targets`; here are their options and their registration, the same
+What each one does is in :mod:`jef.model.targets` (``tower``: :mod:`jef.model.towers`); here are their options and their registration, the same
 hook a third-party plugin would implement to add a target maker.
 """
 
@@ -15,6 +15,7 @@ from jef.components import NoOptions, RunContext
 from jef.config.options import doc
 from jef.hookspecs import Register, hookimpl
 from jef.model.targets import EmaTarget, SharedTarget, StopGradTarget
+from jef.model.towers import TowerTarget
 
 
 @attrs.frozen(kw_only=True)
@@ -38,6 +39,14 @@ class EmaTargetOptions:
         "(MoCo's shuffling BN)"))
 
 
+@attrs.frozen(kw_only=True)
+class TowerTargetOptions:
+    """The target branch is one of the pipeline's named encoders (``encoders:``), trained with the online one."""
+
+    encoder: str = attrs.field(validator=[v.instance_of(str), v.min_len(1)],
+                               metadata=doc("the encoder's name under `encoders:`, e.g. text"))
+
+
 def build_shared(options: NoOptions, ctx: RunContext) -> SharedTarget:
     """The ``shared`` target."""
     return SharedTarget()
@@ -53,9 +62,14 @@ def build_ema(options: EmaTargetOptions, ctx: RunContext) -> EmaTarget:
     return EmaTarget(options, ctx.total_steps)
 
 
+def build_tower(options: TowerTargetOptions, ctx: RunContext) -> TowerTarget:
+    """The ``tower`` target."""
+    return TowerTarget(options.encoder)
+
+
 @hookimpl
 def jef_register_targets(register: Register) -> None:
-    """Register ``shared``, ``stopgrad`` and ``ema``."""
+    """Register ``shared``, ``stopgrad``, ``ema`` and ``tower``."""
     register("shared", build_shared, options=NoOptions,
              description="the online branch itself; gradients flow through both sides (SimCLR, VICReg)")
     register("stopgrad", build_stopgrad, options=NoOptions,
@@ -64,3 +78,7 @@ def jef_register_targets(register: Register) -> None:
     register("ema", build_ema, options=EmaTargetOptions,
              description="a momentum copy of backbone (and projector) moved after every step (BYOL, MoCo, DINO)",
              paper="Grill et al., BYOL, arXiv:2006.07733; He et al., MoCo, arXiv:1911.05722")
+    register("tower", build_tower, options=TowerTargetOptions,
+             description="a separate named encoder (encoders:), with its gradients: CLIP's text tower, CMC's "
+                         "second view's encoder",
+             paper="Radford et al., CLIP, arXiv:2103.00020; Tian et al., CMC, arXiv:1906.05849")

@@ -202,9 +202,36 @@ class FinetuneOptions:
 
 
 @attrs.frozen(kw_only=True)
+class ZeroShotOptions:
+    """Zero-shot classification with a text encoder (CLIP, Radford et al., 2021, arXiv:2103.00020, Sec. 3.1.4)."""
+
+    enabled: bool = attrs.field(default=True, metadata=doc(
+        "run at the end when the pipeline has a text encoder and the data labels and class names"))
+    templates: list[str] | None = attrs.field(
+        default=None, validator=v.optional(v.deep_iterable(v.instance_of(str), v.min_len(1))),
+        metadata=doc("prompt templates with one {} for the class name; null: the data's, else CLIP-style defaults"))
+    batch_size: int = attrs.field(default=256, validator=v.ge(1), metadata=doc("images or texts per forward pass"))
+
+
+@attrs.frozen(kw_only=True)
+class RetrievalOptions:
+    """Image-text retrieval on the test split (recall@k, Karpathy & Fei-Fei, 2015, arXiv:1412.2306)."""
+
+    enabled: bool = attrs.field(default=True, metadata=doc(
+        "run at the end when the pipeline has a text encoder and the test split captions"))
+    ks: list[int] = attrs.field(factory=lambda: [1, 5, 10],
+                                validator=v.deep_iterable(v.and_(v.instance_of(int), v.ge(1)), v.min_len(1)),
+                                metadata=doc("the k of each recall@k"))
+
+
+@attrs.frozen(kw_only=True)
 class EvalOptions:
     """Offline evaluation of the backbone: at the end of ``jef train`` and by ``jef eval``."""
 
     knn: KnnOptions = attrs.field(factory=KnnOptions, metadata=doc("weighted kNN"))
     linear: LinearProbeOptions = attrs.field(factory=LinearProbeOptions, metadata=doc("linear probe"))
     finetune: FinetuneOptions = attrs.field(factory=FinetuneOptions, metadata=doc("fine-tuning"))
+    zero_shot: ZeroShotOptions = attrs.field(factory=ZeroShotOptions, metadata=doc(
+        "zero-shot classification (pipelines with a text encoder)"))
+    retrieval: RetrievalOptions = attrs.field(factory=RetrievalOptions, metadata=doc(
+        "image-text retrieval (pipelines with a text encoder)"))

@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from jef.config.encoders import Encoder, parse_encoders
 from jef.config.options import EvalOptions, TrainOptions
 from jef.config.overrides import apply_overrides
 from jef.config.validate import ConfigError, build_options, describe, join, short, to_plain
@@ -36,7 +37,7 @@ LIST_SLOTS: dict[str, str] = {"functionals": "functional", "monitors": "monitor"
 WEIGHTED = {"energy", "functionals"}
 #: Keys of the backbone slot beside its options, whatever the backbone (:mod:`jef.model.weights` reads them).
 BACKBONE_KEYS = ("weights", "weights_strict")
-TOP_LEVEL = ("method", "requires", "seed", "run_dir", *SLOTS, *LIST_SLOTS, "target", "train", "eval")
+TOP_LEVEL = ("method", "requires", "seed", "run_dir", *SLOTS, *LIST_SLOTS, "encoders", "target", "train", "eval")
 #: Seeds go to torch and numpy; numpy takes 32-bit ones.
 MAX_SEED = 2**32 - 1
 
@@ -117,18 +118,22 @@ class Pipeline:
     train: TrainOptions
     eval: EvalOptions
     masker: Slot | None = None
+    #: Named encoders beside the online branch (:mod:`jef.config.encoders`), in file order.
+    encoders: dict[str, Encoder] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved pipeline as plain data (what ``jef config show`` prints and runs save)."""
         def slot(s: Slot | None) -> Any:
             return None if s is None else s.plain()
 
+        # Encoders only when there are some: the pipelines runs saved before the key existed read back the same.
+        encoders = {"encoders": {name: e.plain() for name, e in self.encoders.items()}} if self.encoders else {}
         return {
             "method": self.method.name if self.method else None, "requires": list(self.requires),
             "seed": self.seed, "run_dir": self.run_dir,
             **{name: slot(getattr(self, name)) for name in SLOTS},
             "functionals": [s.plain() for s in self.functionals],
-            "monitors": [s.plain() for s in self.monitors],
+            "monitors": [s.plain() for s in self.monitors], **encoders,
             "target": self.target.plain(), "train": to_plain(self.train), "eval": to_plain(self.eval),
         }
 
@@ -136,6 +141,7 @@ class Pipeline:
         """Every selected component with its YAML path."""
         pairs = [(name, getattr(self, name)) for name in SLOTS if getattr(self, name) is not None]
         pairs += [(join(name, i), s) for name in LIST_SLOTS for i, s in enumerate(getattr(self, name))]
+        pairs += [pair for encoder in self.encoders.values() for pair in encoder.slots()]
         return [*pairs, ("target", self.target)]
 
 
@@ -315,11 +321,26 @@ def _validate(data: dict[str, Any], method: Entry | None, registry: Registry, so
     run_dir = data.get("run_dir")
     if run_dir is not None and (not isinstance(run_dir, str) or not run_dir.strip()):
         raise ConfigError(f"expected a directory path, got {describe(run_dir)}", path="run_dir")
+    encoders = parse_encoders(data.get("encoders"),
+                              lambda kind, value, path: _slot(registry, kind, value, path, False))
+    target = _slot(registry, "target", data.get("target") or {"name": "shared"}, "target", False)
+    _check_target_encoder(target, encoders)
     return Pipeline(
         source=source, method=method, requires=requires, seed=seed, run_dir=run_dir, **slots, **lists,
-        target=_slot(registry, "target", data.get("target") or {"name": "shared"}, "target", False),
-        train=train,
-        eval=build_options(EvalOptions, data.get("eval"), "eval"))
+        target=target, train=train, eval=build_options(EvalOptions, data.get("eval"), "eval"),
+        encoders=encoders)
+
+
+def _check_target_encoder(target: Slot, encoders: Mapping[str, Encoder]) -> None:
+    """A target that embeds with a named encoder (an ``encoder`` option, the ``tower`` target) names one there is."""
+    name = getattr(target.options, "encoder", None)
+    if name is None or name in encoders:
+        return
+    known = ", ".join(encoders) or "none: add one under `encoders:`"
+    hint = closest(name, list(encoders)) if isinstance(name, str) and encoders else None
+    raise ConfigError(f"target {target.name!r} embeds with encoder {name!r}, which the pipeline does not define"
+                      + (f"; did you mean {hint!r}?" if hint else "") + f" (encoders: {known})",
+                      path="target.encoder")
 
 
 def check_requirements(requires: Any) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from jef.config.validate import ConfigError
+from jef.data.fields import as_fields
 
 __all__ = ["extract_feature_sets", "extract_features", "probe_features"]
 
@@ -158,7 +159,8 @@ def extract_feature_sets(
     try:
         with torch.no_grad():
             for batch in loader:
-                images, targets = batch[0], batch[1]
+                fields = as_fields(batch)  # a tuple, or a mapping of named fields (image-text data)
+                images, targets = fields["image"], fields["label"]
                 views = transform(images.to(device, non_blocking=True))
                 for function, collected in zip(functions, feats, strict=True):
                     out = function(views)

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from jef.components import DataSplits
 from jef.config.validate import ConfigError
+from jef.data.fields import as_fields
 from jef.evaluate.linear import MOMENTUM, cosine_lambda, topk_accuracy
 from jef.config.options import FinetuneOptions
 
@@ -237,7 +238,9 @@ def finetune(
         flips = torch.Generator().manual_seed(seed + 1)
         classifier.train()
         for _ in range(options.epochs):
-            for images, labels, _index in train_loader:
+            for batch in train_loader:
+                fields = as_fields(batch)  # a tuple, or a mapping of named fields (image-text data)
+                images, labels = fields["image"], fields["label"]
                 views = transform(images)
                 if options.flip:
                     views = _flip(views, flips)
@@ -270,7 +273,9 @@ def _score(accelerator: Accelerator, classifier: nn.Module, loader: DataLoader,
     classifier.eval()
     logits, labels = [], []
     with torch.no_grad():
-        for images, targets, _index in loader:
+        for batch in loader:
+            fields = as_fields(batch)
+            images, targets = fields["image"], fields["label"]
             out, targets = accelerator.gather_for_metrics((classifier(transform(images)), targets.long()))
             logits.append(out.float())
             labels.append(targets)

@@ -25,13 +25,16 @@ from jef.evaluate.features import extract_feature_sets, probe_features
 from jef.evaluate.finetune import finetune, finetune_param_groups
 from jef.evaluate.knn import knn_accuracy
 from jef.evaluate.linear import MOMENTUM, linear_probe
+from jef.evaluate.multimodal import TOWER_PROTOCOLS, can_run, evaluate_towers
 from jef.config.options import EvalOptions, LinearProbeOptions
 
 __all__ = ["EVALUATION_NAME", "PROTOCOLS", "Result", "check_backbone", "evaluate_backbone", "read_evaluation",
            "require_labels", "write_evaluation"]
 
-#: The protocols, in the order they run.
-PROTOCOLS = ("knn", "linear", "finetune")
+#: The protocols, in the order they run; the last two need a text encoder (:mod:`jef.evaluate.multimodal`).
+PROTOCOLS = ("knn", "linear", "finetune", *TOWER_PROTOCOLS)
+#: The protocols of the backbone alone.
+BACKBONE_PROTOCOLS = ("knn", "linear", "finetune")
 #: The file in a run directory that :func:`write_evaluation` writes.
 EVALUATION_NAME = "evaluation.json"
 
@@ -41,8 +44,9 @@ class Result:
     """One offline evaluation number.
 
     Attributes:
-        key: ``knn_top1``, ``knn_top5``, ``linear_top1``, ``linear_top5``, ``finetune_top1`` or ``finetune_top5``.
-        value: Accuracy in ``[0, 1]`` on the test split.
+        key: ``knn_top1``, ``knn_top5``, ``linear_top1``, ``linear_top5``, ``finetune_top1``, ``finetune_top5``,
+            ``zero_shot_top1``, ``zero_shot_top5``, ``image_to_text_r@k`` or ``text_to_image_r@k``.
+        value: Accuracy (or recall) in ``[0, 1]`` on the test split.
         protocol: What was measured, in words: the protocol and every setting, the data and their sizes.
     """
 
@@ -61,6 +65,7 @@ def evaluate_backbone(
     seed: int = 0,
     protocols: Iterable[str] | None = None,
     num_workers: int = 0,
+    model: nn.Module | None = None,
 ) -> list[Result]:
     """Run the offline protocols on a backbone and return their top-1 and top-5 accuracies.
 
@@ -83,6 +88,8 @@ def evaluate_backbone(
         seed: Seed of the linear probe's and fine-tuning's randomness.
         protocols: Which of :data:`PROTOCOLS` to run (default: those ``enabled`` in ``options``).
         num_workers: DataLoader worker processes.
+        model: The whole model (``JointEmbedding``), for the protocols that need its text encoder (zero-shot,
+            retrieval). Without ``protocols``, they run when enabled and the model and data can serve them.
 
     Returns:
         The results, in the order of :data:`PROTOCOLS`, top-1 before top-5.
@@ -92,7 +99,14 @@ def evaluate_backbone(
         ConfigError: Options the backbone cannot serve (see :func:`check_backbone`).
     """
     chosen = _chosen(options, protocols)
-    require_labels(splits)
+    towers = chosen & set(TOWER_PROTOCOLS)
+    if protocols is None:  # enabled by default, but only a model with a text encoder can serve them
+        towers &= can_run(model, splits) if model is not None else set()
+    elif towers and model is None:
+        raise ValueError(f"{', '.join(sorted(towers))} need the whole model (its text encoder), not only a backbone")
+    chosen -= set(TOWER_PROTOCOLS)
+    if chosen or "zero_shot" in towers:
+        require_labels(splits)
     check_backbone(backbone, options, chosen)
     results: list[Result] = []
     if "knn" in chosen or "linear" in chosen:
@@ -103,6 +117,9 @@ def evaluate_backbone(
             results += _linear(features, options, seed)
     if "finetune" in chosen:
         results += _finetune(backbone, splits, eval_view, options, device, seed, num_workers)
+    if towers:
+        results += evaluate_towers(model, splits, eval_view, options, device,  # type: ignore[arg-type]
+                                   [name for name in TOWER_PROTOCOLS if name in towers], num_workers=num_workers)
     return results
 
 

@@ -22,9 +22,11 @@ from jef.config.validate import ConfigError
 from jef.model.joint import JointEmbedding, Objective
 from jef.model.masked import check_masked, check_patches, check_unmasked
 from jef.model.sync_bn import convert_sync_batchnorm
+from jef.model.slots import head_width as _out_dim
+from jef.model.slots import make_component as _make
+from jef.model.tower_build import build_towers, online_view_positions, view_context
 from jef.model.targets import EmaTarget
 from jef.model.weights import find_weights, load_weights
-from jef.registry import BuildError
 
 __all__ = ["Built", "EmaTarget", "JointEmbedding", "Objective", "build", "build_data", "check"]
 
@@ -67,7 +69,7 @@ def build(pipeline: Pipeline, ctx: RunContext, splits: DataSplits | None = None,
     """
     splits = splits if splits is not None else build_data(pipeline, ctx)
     ctx = attrs.evolve(ctx, in_channels=splits.channels, image_size=splits.image_size, train_size=len(splits.train))
-    ctx, augmenter, model, monitors, components = _build_model(pipeline, ctx, weights=weights)
+    ctx, augmenter, model, monitors, components = _build_model(pipeline, ctx, weights=weights, splits=splits)
     return Built(ctx, splits, augmenter, model, monitors, components)
 
 
@@ -99,14 +101,19 @@ def _declared(options: Any, name: str, default: int | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True
+def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True, splits: DataSplits | None = None
                  ) -> tuple[RunContext, nn.Module, JointEmbedding, list[Any], dict[str, Any]]:
-    """Augmenter, model (with objective), monitors and the named components, for data facts already in ``ctx``."""
+    """Augmenter, model (with objective), monitors and the named components, for data facts already in ``ctx``.
+
+    ``splits`` (None in a dry run) lets the encoders check their fields and fit their tokenizers."""
     augmenter = _make(pipeline.augmenter, ctx, pipeline, "augmenter")
     ctx = attrs.evolve(ctx, n_views=augmenter.n_views, n_global=augmenter.n_global,
                        image_size=getattr(augmenter, "size", ctx.image_size))
     _check_multi_crop(pipeline, augmenter)
-    backbone = _make(pipeline.backbone, ctx, pipeline, "backbone")
+    towers = build_towers(pipeline, ctx, augmenter, splits, weights=weights, start=_start_backbone)
+    online_views = online_view_positions(pipeline, augmenter, towers)
+    backbone = _make(pipeline.backbone, view_context(pipeline, ctx, augmenter, online_views, "backbone"), pipeline,
+                     "backbone")
     if weights:
         _start_backbone(pipeline, backbone, ctx)  # before the model is made: an EMA target copies the backbone
     patch_size = getattr(backbone, "patch_size", None)
@@ -127,6 +134,8 @@ def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True
     target = _make(pipeline.target, ctx, pipeline, "target")
     # A target without its own projector (an EMA copy of the backbone only) compares backbone features.
     target_dim = z_dim if target.projected else h_dim
+    if getattr(target, "encoder", None) in towers:  # a named encoder's own output (the tower target)
+        target_dim = towers[target.encoder].out_dim
     # Energies and functionals see both widths; ``in_dim`` stays the target's (a queue sizes its buffer with it
     # before any batch, so that a checkpoint can be loaded into it).
     z_ctx = attrs.evolve(ctx, in_dim=target_dim, online_dim=online_dim, target_dim=target_dim)
@@ -136,12 +145,17 @@ def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True
                    for i, s in enumerate(pipeline.functionals)]
     _check_target_maker(pipeline, energy, functionals)
     if masker is not None:
+        if towers:
+            raise ConfigError("a masked pipeline (masker:) with named encoders (encoders:) is not supported: the "
+                              "masked path encodes every view with the online backbone; drop one of them",
+                              path="encoders", source=pipeline.source)
         check_masked(pipeline, backbone, masker, predictor, target, functionals)
     else:
         check_unmasked(pipeline, projector, predictor, functionals)
     _check_widths(pipeline, energy, functionals, online_dim, target_dim, target.projected)
     objective = Objective(energy, functionals)
-    model = JointEmbedding(backbone, projector, predictor, objective, target, augmenter.n_global, masker)
+    n_global = sum(1 for i in online_views if i < augmenter.n_global)
+    model = JointEmbedding(backbone, projector, predictor, objective, target, n_global, masker, towers)
     if pipeline.train.sync_bn and ctx.world_size > 1:
         _sync_batch_norm(model)
     monitors = [_make(s, ctx, pipeline, f"monitors.{i}") for i, s in enumerate(pipeline.monitors)]
@@ -150,13 +164,16 @@ def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True
     components = {"augmenter": augmenter, "backbone": backbone, "masker": masker, "projector": projector,
                   "predictor": predictor,
                   "energy": energy.module if energy else None,
-                  **{f"functionals.{i}": term.module for i, term in enumerate(functionals)}, "target": target}
+                  **{f"functionals.{i}": term.module for i, term in enumerate(functionals)},
+                  **{f"encoders.{name}.{part}": getattr(tower, part) for name, tower in towers.items()
+                     for part in ("tokenizer", "backbone", "projector")}, "target": target}
     return z_ctx, augmenter, model, monitors, components
 
 
-def _start_backbone(pipeline: Pipeline, backbone: nn.Module, ctx: RunContext) -> None:
-    """Load ``backbone.weights`` into the new backbone; a dry run (``jef config show``) only checks it is there."""
-    slot = pipeline.backbone
+def _start_backbone(pipeline: Pipeline, backbone: nn.Module, ctx: RunContext, slot: Slot | None = None) -> None:
+    """Load ``backbone.weights`` (or a named encoder's) into the new backbone; a dry run (``jef config show``) only
+    checks it is there."""
+    slot = slot if slot is not None else pipeline.backbone
     if slot.weights is None:
         return
     if ctx.dry_run:
@@ -168,23 +185,6 @@ def _start_backbone(pipeline: Pipeline, backbone: nn.Module, ctx: RunContext) ->
             warnings.warn(report.line(), stacklevel=2)
         else:
             print(report.line(), file=sys.stderr)
-
-
-def _out_dim(slot: Slot, head: nn.Module, in_dim: int) -> int:
-    """A head's output width: its ``out_dim``, or (for a head that does not declare one) a dry forward of 2 rows."""
-    declared = getattr(head, "out_dim", None)
-    if isinstance(declared, int) and not isinstance(declared, bool):
-        return declared
-    training = head.training
-    try:
-        with torch.no_grad():
-            out = head.eval()(torch.zeros(2, in_dim))
-    except Exception as error:
-        raise BuildError(f"{slot.kind} {slot.name!r} from plugin {slot.entry.provenance} declares no out_dim, and "
-                         f"measuring it on a [2, {in_dim}] input failed: {type(error).__name__}: {error}") from error
-    finally:
-        head.train(training)
-    return int(out.shape[-1])
 
 
 def _sync_batch_norm(model: JointEmbedding) -> None:
@@ -260,14 +260,3 @@ def _width_path(pipeline: Pipeline, *, online: bool, projected: bool) -> tuple[s
     if "dims" in fields:
         return path, f"{path}.dims[-1]"
     return path, f"{path}.out_dim" if "out_dim" in fields else path
-
-
-def _make(slot: Slot, ctx: RunContext, pipeline: Pipeline, path: str) -> Any:
-    """Call a slot's factory; if it fails, name the pipeline file, the slot's YAML ``path``, the component and its
-    plugin."""
-    try:
-        return slot.entry.factory(slot.options, ctx)
-    except Exception as error:
-        where = ": ".join(part for part in (pipeline.source, path) if part)
-        raise BuildError(f"{where}: building {slot.kind} {slot.name!r} from plugin "
-                         f"{slot.entry.provenance} failed: {type(error).__name__}: {error}") from error

@@ -12,7 +12,8 @@ the number of views.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -69,7 +70,8 @@ class Objective(nn.Module):
         return StepResult(loss, terms, out)
 
     def energy_term(self, out: StepOutputs) -> Tensor:
-        """The energy's mean over every ordered pair (a, b) of distinct views, b a global view.
+        """The energy's mean over every ordered pair (a, b) of distinct views, b a global view (every pair when the
+        target is a named encoder's branch of other views).
 
         Every pair is evaluated, mirrored ones too: with a shared target D(z_1, z_2) and D(z_2, z_1) are
         equal in exact arithmetic for a symmetric D, but their gradients differ in the last bits, and
@@ -78,7 +80,10 @@ class Objective(nn.Module):
         if out.masked is not None:
             return masked_energy(self.energy, out.masked)
         online, target = out.online.out, out.target.z
-        pairs = [(a, b) for a in range(len(online)) for b in range(len(target)) if a != b]
+        # A target that is a named encoder's branch encoded other inputs (CMC's second view): its entry b is not
+        # the online entry b's input, so every pair counts.
+        separate = out.towers is not None and any(out.target is branch for branch in out.towers.values())
+        pairs = [(a, b) for a in range(len(online)) for b in range(len(target)) if a != b or separate]
         if not pairs:
             raise ValueError("energy: no view pairs; the augmenter must make at least 2 views")
         return torch.stack([self.energy(online[a], target[b]).mean() for a, b in pairs]).mean()
@@ -99,11 +104,13 @@ class JointEmbedding(nn.Module):
         n_global: Views ``[0, n_global)`` are global; targets are made from them only.
         masker: The pipeline's masker, or None. With one, the step draws masks for every view and the model
             takes its masked path (:mod:`jef.model.masked`); it holds no parameters.
+        towers: The pipeline's named encoders (:mod:`jef.model.towers`), run at every step; the online branch
+            sees the views none of them claims, and ``n_global`` counts the global views among those.
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module | None, predictor: nn.Module | None,
                  objective: Objective, target: Target | None = None, n_global: int = 2,
-                 masker: nn.Module | None = None) -> None:
+                 masker: nn.Module | None = None, towers: Mapping[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector if projector is not None else nn.Identity()
@@ -111,6 +118,9 @@ class JointEmbedding(nn.Module):
         self.objective = objective
         self.n_global = n_global
         self.masker = masker
+        self.towers = nn.ModuleDict(towers) if towers else None
+        # The view positions the towers encode: the online branch gets the others.
+        self.claimed = frozenset(i for tower in (towers or {}).values() for i in (tower.views or ()))
         self.target = target if target is not None else SharedTarget()
         self.shuffle_bn = bool(getattr(self.target, "shuffle_bn", False))
         self.target.attach(self)
@@ -138,21 +148,32 @@ class JointEmbedding(nn.Module):
         return Branch(h=hs, z=z)
 
     def forward(self, views: list[Tensor], indices: Tensor | None = None, masks: list[Masks] | None = None,
-                mask_generator: torch.Generator | None = None) -> StepResult:
+                mask_generator: torch.Generator | None = None,
+                fields: Mapping[str, Any] | None = None) -> StepResult:
         """Both branches and the objective; with masks (one per view) the masked path.
 
         A step hands the run's generator as ``mask_generator`` (used after the augmenter's draws): with a
-        masker and no ``masks`` given, :meth:`draw_masks` draws them from it.
+        masker and no ``masks`` given, :meth:`draw_masks` draws them from it. ``fields`` are the batch's fields
+        beyond image, label and index (token ids of a caption), for the towers that encode them.
         """
         if masks is None and mask_generator is not None:
             masks = self.draw_masks(views, mask_generator)
         if masks is not None:
             return self.objective(masked_outputs(self, views, masks, indices))
-        online = self.encode(views, self.backbone, self.projector)
+        online_views = [v for i, v in enumerate(views) if i not in self.claimed] if self.claimed else views
+        online = self.encode(online_views, self.backbone, self.projector)
         if self.predictor is not None:
             online = attrs.evolve(online, p=[self.predictor(z) for z in online.z])
-        target = self.target.embed(self, views, online)
-        return self.objective(StepOutputs(online=online, target=target, n_global=self.n_global, indices=indices))
+        towers = None
+        if self.towers is not None:
+            towers = {name: tower.encode(self, views, fields) for name, tower in self.towers.items()}
+        embed_towers = getattr(self.target, "embed_towers", None)
+        if towers is not None and callable(embed_towers):
+            target = embed_towers(self, online_views, online, towers)
+        else:
+            target = self.target.embed(self, online_views, online)
+        return self.objective(StepOutputs(online=online, target=target, n_global=self.n_global, indices=indices,
+                                          towers=towers))
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -118,7 +118,9 @@ def check_finite_state(run: Any) -> None:
         NonFiniteStateError: Naming the first non-finite tensor.
     """
     model = run.unwrapped_model
-    named = [(name, t) for name, t in model.state_dict(keep_vars=True).items() if torch.is_floating_point(t)]
+    # A tokenizer's extra state (its vocabulary) is no tensor.
+    named = [(name, t) for name, t in model.state_dict(keep_vars=True).items()
+             if isinstance(t, torch.Tensor) and torch.is_floating_point(t)]
     if not named:
         return
     finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in named])

@@ -30,7 +30,9 @@ from jef.builtin.evaluation import RunEvaluation
 from jef.components import RunContext
 from jef.config import Pipeline
 from jef.config.validate import ConfigError
+from jef.data.fields import batch_size
 from jef.model.build import build, build_data
+from jef.model.towers import field_collate
 from jef.plugins import Plugins, get_plugins
 from jef.run.accelerate_compat import reset_accelerate_state
 from jef.run.accumulation import Accumulation, as_step_result
@@ -117,7 +119,8 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator,
                         sampler=EpochSampler(len(built.splits.train), seed=pipeline.seed),
                         num_workers=options.num_workers,
                         persistent_workers=options.num_workers > 0,
-                        generator=torch.Generator().manual_seed(pipeline.seed))
+                        generator=torch.Generator().manual_seed(pipeline.seed),
+                        collate_fn=field_collate(built.model))
     # Linear scaling follows the batch of one optimiser step, accumulation included.
     optimizer = build_optimizer(built.model, options.optimizer, step_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -214,7 +217,7 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
                     run.scheduler.step()  # skipped steps count: the schedule keeps its length
             run.optimizer.zero_grad(set_to_none=True)
         run.batch_in_epoch += 1
-        images += batch[0].shape[0] * run.ctx.world_size
+        images += batch_size(batch) * run.ctx.world_size
         terms = step.terms
         if terms is None:  # a micro-batch, not the step's last
             continue

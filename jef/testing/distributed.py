@@ -128,7 +128,8 @@ def train_in_processes(pipeline: dict[str, Any], *, steps: int = 2, run_dir: str
 
 
 def _model_state(run: Any) -> dict[str, torch.Tensor]:
-    return {key: value.detach().clone().cpu() for key, value in run.unwrapped_model.state_dict().items()}
+    return {key: value.detach().clone().cpu() if isinstance(value, torch.Tensor) else value
+            for key, value in run.unwrapped_model.state_dict().items()}
 
 
 class RunRecorder:

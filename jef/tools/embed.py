@@ -31,6 +31,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 import jef
 from jef.files import atomic_write
 from jef.components import DataSplits
+from jef.data.fields import as_fields
 from jef.tools.export import ExportError
 from jef.tools.runs import LoadedRun
 
@@ -154,7 +155,9 @@ def extract(model: nn.Module, dataset: Dataset, transform: Callable[[Tensor], Te
     model.eval()
     try:
         with torch.no_grad():
-            for images, targets, positions in loader:
+            for batch in loader:
+                fields = as_fields(batch)  # a tuple, or a mapping of named fields (image-text data)
+                images, targets, positions = fields["image"], fields["label"], fields["index"]
                 out = model(transform(images.to(device, non_blocking=True)))
                 if out.dim() != 2:
                     raise ValueError(f"{desc}: the model must return [B, d] features, got shape {tuple(out.shape)}")

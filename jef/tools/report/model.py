@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from jef.data.fields import as_fields
 from jef.evaluate.features import extract_features
 from jef.registry import RegistryError
 from jef.tools.report.data import ReportError
@@ -152,12 +153,17 @@ def displayable(view: Tensor, augmenter: Any) -> np.ndarray:
     return view.clamp(0, 1).numpy()
 
 
+def _image(dataset: Dataset, index: int) -> Tensor:
+    """The uint8 image of one sample, a tuple or a mapping of named fields."""
+    return as_fields(dataset[index])["image"]
+
+
 def _dataset_labels(dataset: Dataset, limit: int = 500) -> list[int]:
     """Labels of the first items (from an in-memory label tensor when there is one, without loading images)."""
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, Tensor):
         return labels[:limit].tolist()
-    return [int(dataset[i][1]) for i in range(min(limit, len(dataset)))]  # type: ignore[arg-type]
+    return [int(as_fields(dataset[i])["label"]) for i in range(min(limit, len(dataset)))]  # type: ignore[arg-type]
 
 
 def model_figures(directory: Path, *, plugins: Any, device: str = "cpu", max_points: int = 2000,
@@ -197,7 +203,7 @@ def _views(run: Any, result: ModelFigures, images: int, device: str) -> None:
     splits, augmenter = run.built.splits, run.built.augmenter
     labels = _dataset_labels(splits.train) if splits.labelled else None
     chosen = spread(labels, images, len(splits.train) if labels is None else len(labels))
-    raw = torch.stack([splits.train[i][0] for i in chosen])
+    raw = torch.stack([_image(splits.train, i) for i in chosen])
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         views = augmenter(raw.to(device), generator=generator)
@@ -271,10 +277,10 @@ def _embeddings_and_neighbours(run: Any, result: ModelFigures, max_points: int, 
     if k < 1:
         raise ValueError("too few training images to show neighbours")
     values, neighbours = similarity.topk(k, dim=1)
-    neighbour_images = np.stack([_as_images([splits.train[train_idx[j]][0] for j in row])
+    neighbour_images = np.stack([_as_images([_image(splits.train, train_idx[j]) for j in row])
                                  for row in neighbours.tolist()])
     result.pngs["retrievals"] = to_png(retrieval_figure(
-        _as_images([query_set[test_idx[i]][0] for i in chosen]), neighbour_images, values.numpy(),
+        _as_images([_image(query_set, test_idx[i]) for i in chosen]), neighbour_images, values.numpy(),
         [int(test_labels[i]) for i in chosen] if labelled else None,
         bank_labels[neighbours].numpy() if labelled else None, classes))
     result.details["retrievals"] = (f"{len(chosen)} {test_name} queries, top {k} of {len(train_idx)} training "
