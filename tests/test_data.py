@@ -11,6 +11,7 @@ import torch
 from jef.components import DataSplits, RunContext
 from jef.data.bundled import DEBIAN_DIR
 from jef.data.fashion import FashionMiniOptions, FashionOptions, build_fashion_mnist, build_fashion_mnist_mini
+from jef.data.fields import as_fields
 from jef.data.folder import FolderOptions, build_image_folder
 from jef.data.idx import IdxFormatError, IdxOptions, build_idx, parse_idx, read_idx, write_idx
 from jef.data.synthetic import SyntheticOptions, build_synthetic
@@ -19,7 +20,8 @@ CTX = RunContext()
 
 
 def _check_item(item, channels: int, size: int) -> None:
-    image, label, index = item
+    fields = as_fields(item)
+    image, label, index = fields["image"], fields["label"], fields["index"]
     assert image.dtype == torch.uint8 and tuple(image.shape) == (channels, size, size)
     assert isinstance(label, int) and isinstance(index, int)
 
@@ -244,16 +246,22 @@ def test_every_registered_dataset_builds(tmp_path):
         table[name] = (factory, options)
 
     jef_register_datasets(register)
-    assert set(table) == {"fashion_mnist_mini", "fashion_mnist", "idx", "torchvision", "image_folder", "synthetic"}
+    assert set(table) == {"fashion_mnist_mini", "fashion_mnist", "idx", "torchvision", "image_folder", "synthetic",
+                          "image_text", "fashion_mnist_captions"}
     root = _tiny_fashion_raw(tmp_path / "fm")
     raw = root / "FashionMNIST" / "raw"
     _write_pngs(tmp_path / "imgs", 2, (10, 10))
+    captions = tmp_path / "captions.csv"
+    pngs = sorted((tmp_path / "imgs").glob("*.png"))
+    captions.write_text("image,caption\n" + "".join(f"{p},a picture\n" for p in pngs), encoding="utf-8")
     kwargs = {"fashion_mnist_mini": {"subset_train": 10, "subset_test": 10},
               "fashion_mnist": {"root": str(root)},
               "idx": {"images": str(raw / "train-images-idx3-ubyte")},
               "torchvision": {"name_tv": "FashionMNIST", "root": str(root)},
               "image_folder": {"root": str(tmp_path / "imgs"), "image_size": 8},
-              "synthetic": {"train_size": 10, "test_size": 10, "image_size": 8}}
+              "synthetic": {"train_size": 10, "test_size": 10, "image_size": 8},
+              "image_text": {"train": str(captions), "image_size": 8},
+              "fashion_mnist_captions": {"subset_train": 10, "subset_test": 10}}
     for name, (factory, options_cls) in table.items():
         if name == "torchvision":
             pytest.importorskip("torchvision")
@@ -262,4 +270,4 @@ def test_every_registered_dataset_builds(tmp_path):
         _check_item(splits.train[0], splits.channels, splits.image_size)
         # DataLoader workers receive the splits pickled.
         clone = pickle.loads(pickle.dumps(splits.train))
-        assert torch.equal(clone[0][0], splits.train[0][0]), name
+        assert torch.equal(as_fields(clone[0])["image"], as_fields(splits.train[0])["image"]), name

@@ -1,6 +1,13 @@
 """Built-in datasets, registered through the ``jef_register_datasets`` hook."""
 
 
+from jef.data.captions import (
+    COCO_PAPER,
+    FashionCaptionsOptions,
+    ImageTextOptions,
+    build_fashion_mnist_captions,
+    build_image_text,
+)
 from jef.data.fashion import PAPER as FASHION_PAPER
 from jef.data.fashion import FashionMiniOptions, FashionOptions, build_fashion_mnist, build_fashion_mnist_mini
 from jef.data.folder import FolderOptions, build_image_folder
@@ -12,7 +19,8 @@ from jef.hookspecs import Register, hookimpl
 
 @hookimpl
 def jef_register_datasets(register: Register) -> None:
-    """Register fashion_mnist_mini, fashion_mnist, idx, torchvision, image_folder and synthetic."""
+    """Register fashion_mnist_mini, fashion_mnist, idx, torchvision, image_folder, synthetic and the image-text
+    datasets image_text and fashion_mnist_captions."""
     register("fashion_mnist_mini", build_fashion_mnist_mini, options=FashionMiniOptions,
              description="Bundled class-balanced Fashion-MNIST subset: 10k train / 2k test, 28x28 grey, "
                          "works offline",
@@ -31,3 +39,11 @@ def jef_register_datasets(register: Register) -> None:
                          "unreadable files skipped and listed in the run directory (on_bad_image)")
     register("synthetic", build_synthetic, options=SyntheticOptions,
              description="Procedural texture classes (stripes, dots, rings, ...) for tests and quick CPU runs")
+    register("image_text", build_image_text, options=ImageTextOptions,
+             description="Image-caption pairs from a captions file: csv, jsonl, COCO captions json, or webdataset "
+                         "tar shards; samples carry image, text, label and index",
+             paper=COCO_PAPER)
+    register("fashion_mnist_captions", build_fashion_mnist_captions, options=FashionCaptionsOptions,
+             description="Bundled fashion_mnist_mini (10k/2k, 28x28 grey) with one generated caption per image, "
+                         "for image-text methods; works offline",
+             paper=FASHION_PAPER)

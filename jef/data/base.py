@@ -75,7 +75,7 @@ def head(dataset: Dataset, n: int | None) -> Dataset:
     """The first ``n`` items of any split; indices stay valid because they start at 0."""
     if n is None:
         return dataset
-    if isinstance(dataset, InMemoryImages):
+    if callable(getattr(dataset, "head", None)):  # its own compact copy (InMemoryImages, image-text splits)
         return dataset.head(n)
     if n >= len(dataset):  # type: ignore[arg-type]
         return dataset
