@@ -37,6 +37,18 @@ MULTI_CROP = {"n_local": 2, "local_size": 8, "blur_p": 0.0}
 #: Each recipe shrunk as in tests/test_precision.py: heads and state sized for the tiny 16-wide projector, 8-pixel
 #: local crops (whose last convolutions see 1x1 maps: the case the oneDNN bug hits), SwAV's queue in use from the
 #: second step, and the prototypes moving from the second step.
+#: The image-text recipes on the bundled captions (64 images, 16 px views) with a one-block text tower; the online
+#: and text projectors must agree in width.
+CAPTIONS = {"data": {"name": "fashion_mnist_captions", "subset_train": 64, "subset_test": 32},
+            "augmenter": {"size": 16}, "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
+            "encoders": {"text": {"tokenizer": {"context_length": 12, "max_vocab": 200},
+                                  "backbone": {"width": 16, "depth": 1, "heads": 2},
+                                  "projector": {"dims": [16]}}}}
+#: CMC with two small CNNs (one per view) and 16-wide heads.
+CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
+       "encoders": {"ab": {"backbone": {"name": "small_cnn", "width": 8},
+                           "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
+       "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
 SHRUNK: dict[str, dict[str, Any]] = {
     "byol": {"predictor": {"dims": [32, 16]}},
     "simsiam": {"predictor": {"dims": [8, 16]}},
@@ -70,6 +82,9 @@ SHRUNK: dict[str, dict[str, Any]] = {
     # LeJEPA on a tiny ViT (its stochastic depth draws from the global generator), SIGReg's seeded directions.
     "lejepa": {"augmenter": {**MULTI_CROP, "size": 16, "solarize_p": 0.0},
                "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4}},
+    "clip": CAPTIONS,
+    "siglip": CAPTIONS,
+    "cmc": CMC,
 }
 STEPS = 3
 

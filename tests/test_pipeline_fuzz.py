@@ -289,6 +289,13 @@ def shaped_pipeline() -> st.SearchStrategy[Any]:
            **{name: st.one_of(st.lists(st.one_of(component(kind), VALUES), max_size=3), VALUES)
               for name, kind in LIST_SLOTS.items()},
            **{name: st.one_of(option_patch(cls), VALUES) for name, cls in SECTIONS.items()},
+           "encoders": st.one_of(VALUES, st.dictionaries(
+               st.one_of(st.sampled_from(["text", "ab", "9x"]), SCALARS),
+               st.one_of(VALUES, st.fixed_dictionaries({}, optional={
+                   "field": st.one_of(st.sampled_from(["text", "label", "image"]), SCALARS),
+                   "views": st.one_of(st.lists(st.one_of(st.integers(-1, 3), SCALARS), max_size=3), SCALARS),
+                   "tokenizer": component("tokenizer"), "backbone": component("backbone"),
+                   "projector": component("head"), "colour": VALUES})), max_size=2)),
            "unknwon": VALUES}
     assert set(top) - {"unknwon"} == set(TOP_LEVEL)
     keys = st.lists(st.sampled_from(sorted(top)), min_size=1, max_size=2, unique=True)

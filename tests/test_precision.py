@@ -27,6 +27,7 @@ from jef import hookimpl
 from jef.run.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jef.components import RunContext, StepResult
 from jef.config import merge
+from jef.data.fields import as_fields, extra_fields
 from jef.functional import l2_normalize, momentum_update
 from jef.functional.queue import enqueue
 from jef.model.joint import Objective
@@ -88,8 +89,10 @@ def loss_and_grads(kind: str, name: str, views: list[torch.Tensor], dtype: torch
                    autocast: torch.dtype | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The component's value on ``views`` cast to ``dtype`` (a functional's through the objective, with the
     cross_entropy energy when it makes targets), and the gradients with respect to the cast views."""
-    leaves = [v.to(dtype, copy=True).requires_grad_() for v in views]
     built = component(kind, name)
+    # A functional that pairs one view of each branch (CLIP's image and caption) refuses more; give it one.
+    views = views[:1] if getattr(built, "single_view", False) else views
+    leaves = [v.to(dtype, copy=True).requires_grad_() for v in views]
     with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         if kind == "energy":
             # cross_entropy compares logits with distributions (rounded to bfloat16, so that every dtype holds
@@ -99,7 +102,7 @@ def loss_and_grads(kind: str, name: str, views: list[torch.Tensor], dtype: torch
         else:
             energy = ("cross_entropy", component("energy", "cross_entropy"), 1.0) \
                 if callable(getattr(built, "targets", None)) else None
-            out = step_outputs({"h": leaves, "z": leaves, "p": leaves}, 2, torch.arange(N))
+            out = step_outputs({"h": leaves, "z": leaves, "p": leaves}, min(2, len(leaves)), torch.arange(N))
             loss = Objective(energy, [(name, built, 1.0)])(out)[0]
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     return loss, [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads, strict=True)]
@@ -182,6 +185,18 @@ def test_memory_bank_update_with_half_precision_features_keeps_float32_unit_rows
 NO_EVAL = {"eval": {"knn": {"enabled": False}}, "monitors": []}
 #: Each method's recipe shrunk the way its plugin's tests shrink it: heads and stored state sized for the tiny
 #: settings' 16-wide projector, no blur (slow on a CPU), and SwAV's queue in use from the second step.
+#: The image-text recipes on the bundled captions (64 images, 16 px views) with a one-block text tower; the online
+#: and text projectors must agree in width.
+CAPTIONS = {"data": {"name": "fashion_mnist_captions", "subset_train": 64, "subset_test": 32},
+            "augmenter": {"size": 16}, "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
+            "encoders": {"text": {"tokenizer": {"context_length": 12, "max_vocab": 200},
+                                  "backbone": {"width": 16, "depth": 1, "heads": 2},
+                                  "projector": {"dims": [16]}}}}
+#: CMC with two small CNNs (one per view) and 16-wide heads.
+CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
+       "encoders": {"ab": {"backbone": {"name": "small_cnn", "width": 8},
+                           "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
+       "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
 SHRUNK: dict[str, dict[str, Any]] = {
     "byol": {"predictor": {"dims": [32, 16]}},
     "simsiam": {"predictor": {"dims": [8, 16]}},
@@ -221,9 +236,13 @@ SHRUNK: dict[str, dict[str, Any]] = {
     # LeJEPA on a tiny ViT, 2 local views of 8 px: SIGReg's cosines and sines in float32 from bf16 embeddings.
     "lejepa": {"augmenter": {"size": 16, "n_local": 2, "local_size": 8, "blur_p": 0.0, "solarize_p": 0.0},
                "backbone": {"name": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 4}},
+    "clip": CAPTIONS,
+    "siglip": CAPTIONS,
+    "cmc": CMC,
 }
 #: The state each method keeps across steps (suffixes of model state_dict keys), which must stay float32.
 STATE = {"moco_v1": ["queue"], "moco_v2": ["queue"], "instdisc": ["bank", "normaliser"],
+         "clip": ["logit_scale"], "siglip": ["logit_scale", "bias"], "cmc": ["bank_l", "bank_ab"],
          "swav": ["prototypes.weight", "queue"], "dino": ["center"], "dino_resnet": ["center"]}
 METHODS = PLUGINS.registry.names("method")
 
@@ -242,7 +261,8 @@ class Recorder:
 
     @hookimpl
     def jef_run_end(self, run, metrics):
-        self.state = {k: v.dtype for k, v in run.unwrapped_model.state_dict().items() if v.is_floating_point()}
+        self.state = {k: v.dtype for k, v in run.unwrapped_model.state_dict().items()
+                      if isinstance(v, torch.Tensor) and v.is_floating_point()}
         self.scaler = getattr(run.accelerator, "scaler", None)
 
 
@@ -259,12 +279,13 @@ class AutocastStep:
 
     @hookimpl
     def jef_train_step(self, run, batch):
-        images, labels, indices = batch
-        views = run.augmenter(images, generator=run.generator)
+        fields = as_fields(batch)
+        views = run.augmenter(fields["image"], generator=run.generator)
         with torch.autocast("cpu", dtype=self.dtype):
-            loss, terms, outputs = run.model(views, indices, mask_generator=run.generator)
+            loss, terms, outputs = run.model(views, fields["index"], mask_generator=run.generator,
+                                             fields=extra_fields(fields) or None)
         self.loss_dtypes |= {loss.dtype, *(t.dtype for t in terms.values())}
-        return StepResult(loss, terms, attrs.evolve(outputs, labels=labels))
+        return StepResult(loss, terms, attrs.evolve(outputs, labels=fields["label"]))
 
 
 def train_tiny(method: str, run_dir: Path, precision: str = "no", *,
@@ -288,7 +309,8 @@ def assert_float32_state(method: str, recorder: Recorder, run_dir: Path, what: s
         f"{method} {what}: {recorder.terms}"
     saved = load_checkpoint(run_dir / CHECKPOINT_NAME)["model"]
     for where, dtypes in (("model", recorder.state),
-                          ("checkpoint", {k: v.dtype for k, v in saved.items() if v.is_floating_point()})):
+                          ("checkpoint", {k: v.dtype for k, v in saved.items()
+                                          if isinstance(v, torch.Tensor) and v.is_floating_point()})):
         wrong = {k: v for k, v in dtypes.items() if v != torch.float32}
         assert not wrong, f"{method} {what}: the {where} holds {wrong}; state must stay float32"
         for suffix in STATE.get(method, []):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from jef.builtin.commands import describe_pipeline
 from jef.components import DataSplits
 from jef.config import ConfigError, resolve
 from jef.data.fields import as_fields, batch_size, extra_fields
@@ -113,6 +114,9 @@ def test_config_shows_both_towers(plugins):
     assert {"encoders.text.tokenizer", "encoders.text.backbone", "encoders.text.projector"} <= set(paths)
     assert "encoders" not in resolve({"method": "simclr"}, registry=plugins.registry).to_dict()
     check(pipeline)  # the dry run builds both towers without the data
+    header = describe_pipeline(pipeline)
+    assert "# online   reads every view: small_cnn -> mlp" in header
+    assert "# text     reads field 'text': words -> text_transformer -> mlp (the target)" in header
 
 
 @pytest.mark.parametrize(("change", "path", "message"), [

@@ -154,14 +154,33 @@ def config_command(args: argparse.Namespace) -> int:
 def describe_pipeline(pipeline: Pipeline) -> str:
     """The resolved pipeline as YAML, headed by the objective and who supplied each slot."""
     lines = [f"# {pipeline.source}, fully resolved", "#", "# objective  L = " + objective_formula(pipeline), "#"]
+    if pipeline.encoders:
+        lines += [f"# {line}" for line in tower_lines(pipeline)] + ["#"]
+    labels = [(f"{path} (D)" if path == "energy" else f"{path} (A/B)" if path.startswith("functionals") else path,
+               slot) for path, slot in pipeline.slots()]
+    width = max([20, *(len(label) for label, _ in labels)])
     if pipeline.method is not None:
-        lines.append(f"# {'method':<20} {pipeline.method.name:<22} {pipeline.method.provenance}")
-    for path, slot in pipeline.slots():
-        label = f"{path} (D)" if path == "energy" else f"{path} (A/B)" if path.startswith("functionals") else path
-        lines.append(f"# {label:<20} {slot.name:<22} {slot.entry.provenance}")
+        lines.append(f"# {'method':<{width}} {pipeline.method.name:<22} {pipeline.method.provenance}")
+    for label, slot in labels:
+        lines.append(f"# {label:<{width}} {slot.name:<22} {slot.entry.provenance}")
     lines.append("")
     lines.append(yaml.safe_dump(pipeline.to_dict(), sort_keys=False).rstrip())
     return "\n".join(lines)
+
+
+def tower_lines(pipeline: Pipeline) -> list[str]:
+    """One line per encoder, the online one first: what it reads and its parts, and which one the target is."""
+    claimed = {i for encoder in pipeline.encoders.values() for i in encoder.views or ()}
+    online = "views no encoder claims" if claimed else "every view"
+    head = f" -> {pipeline.projector.name}" if pipeline.projector is not None else ""
+    lines = [f"{'online':<8} reads {online}: {pipeline.backbone.name}{head}"]
+    target = getattr(pipeline.target.options, "encoder", None)
+    for name, encoder in pipeline.encoders.items():
+        source = f"field {encoder.field!r}" if encoder.field is not None else f"views {list(encoder.views or ())}"
+        parts = [slot.name for slot in (encoder.tokenizer, encoder.backbone, encoder.projector) if slot is not None]
+        role = " (the target)" if name == target else ""
+        lines.append(f"{name:<8} reads {source}: {' -> '.join(parts)}{role}")
+    return lines
 
 
 def objective_formula(pipeline: Pipeline) -> str:

@@ -75,6 +75,9 @@ def image_and_text(out: StepOutputs, who: str) -> tuple[Tensor, Tensor]:
 class ClipContrastive(LearnableScale):
     """CLIP's symmetric cross-entropy between image and text embeddings of the global batch."""
 
+    #: It pairs one view of each image with its caption: more online views are refused, not silently dropped.
+    single_view = True
+
     def __init__(self, options: ClipOptions) -> None:
         super().__init__(1.0 / options.temperature, options.max_scale, options.learnable, "clip/logit_scale")
 

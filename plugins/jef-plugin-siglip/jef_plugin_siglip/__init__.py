@@ -57,6 +57,9 @@ class SiglipOptions:
 class SiglipSigmoid(LearnableScale):
     """SigLIP's pairwise sigmoid loss between image and text embeddings of the global batch."""
 
+    #: It pairs one view of each image with its caption: more online views are refused, not silently dropped.
+    single_view = True
+
     def __init__(self, options: SiglipOptions) -> None:
         super().__init__(options.scale, options.max_scale, options.learnable, "siglip/logit_scale")
         self.bias = nn.Parameter(torch.tensor(float(options.bias)), requires_grad=options.learnable)
