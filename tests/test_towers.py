@@ -19,6 +19,7 @@ from jef.hookspecs import hookimpl
 from jef.model.build import build, check
 from jef.model.towers import FieldCollate, field_collate
 from jef.testing import fresh_plugins, temporary_plugin, tiny_run
+from jef.tools.report.model import model_figures
 
 
 class CaptionedTextures(torch.utils.data.Dataset):
@@ -184,6 +185,11 @@ def test_clip_trains_on_captions_and_saves_its_scale_and_vocabulary(plugins, tmp
     assert 0 < abs(float(scale) - math.log(1 / 0.07)) < 0.01  # learnt, from log(1/0.07)
     vocabulary = next(v for k, v in state["model"].items() if k.startswith("towers.text.tokenizer"))
     assert "checkerboard" in vocabulary["words"]  # the fitted vocabulary is in the checkpoint
+    figures = model_figures(tmp_path / "run", plugins=plugins, queries=2, top_k=3)
+    assert figures.note is None and figures.pngs["captions"].startswith(b"\x89PNG")
+    assert figures.details["captions"] == ("2 test images, top 3 of 32 test captions by cosine similarity of the "
+                                           "image and text embeddings")
+    assert "zero_shot_top1" in result.metrics and "image_to_text_r@1" in result.metrics
 
 
 def _ctx(pipeline):

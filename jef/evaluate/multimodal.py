@@ -19,7 +19,7 @@ from jef.config.options import EvalOptions
 from jef.evaluate.crossmodal import DEFAULT_TEMPLATES, prompts, retrieval_recall, zero_shot_accuracy, zero_shot_weights
 from jef.evaluate.features import extract_feature_sets
 
-__all__ = ["TOWER_PROTOCOLS", "evaluate_towers", "text_tower"]
+__all__ = ["TOWER_PROTOCOLS", "can_run", "evaluate_towers", "image_embeddings", "text_embeddings", "text_tower"]
 
 #: The protocols that need a text encoder, in the order they run.
 TOWER_PROTOCOLS = ("zero_shot", "retrieval")
@@ -64,7 +64,7 @@ def evaluate_towers(model: nn.Module, splits: DataSplits, eval_view: Callable[[T
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        images, labels = _image_embeddings(model, test, eval_view, options.zero_shot.batch_size, device, num_workers)
+        images, labels = image_embeddings(model, test, eval_view, options.zero_shot.batch_size, device, num_workers)
         results: list[Result] = []
         if "zero_shot" in protocols:
             results += _zero_shot(tower, splits, images, labels, options, device)
@@ -88,8 +88,9 @@ def can_run(model: nn.Module, splits: DataSplits) -> set[str]:
     return chosen
 
 
-def _image_embeddings(model: nn.Module, dataset: Any, eval_view: Callable[[Tensor], Tensor], batch_size: int,
-                      device: str | torch.device, num_workers: int) -> tuple[Tensor, Tensor]:
+def image_embeddings(model: nn.Module, dataset: Any, eval_view: Callable[[Tensor], Tensor], batch_size: int,
+                     device: str | torch.device, num_workers: int = 0) -> tuple[Tensor, Tensor]:
+    """``(projector(backbone(eval_view(image))) [N, d], labels [N])`` of a split, the model in eval mode."""
     def embed(views: Tensor) -> Tensor:
         return model.projector(model.backbone(views))
 
@@ -99,7 +100,8 @@ def _image_embeddings(model: nn.Module, dataset: Any, eval_view: Callable[[Tenso
 
 
 @torch.no_grad()
-def _text_embeddings(tower: Any, texts: Sequence[str], batch_size: int, device: str | torch.device) -> Tensor:
+def text_embeddings(tower: Any, texts: Sequence[str], batch_size: int, device: str | torch.device) -> Tensor:
+    """The text tower's ``z`` of each text, ``[M, d]`` float32 (tokenized here, in batches)."""
     rows = []
     for start in range(0, len(texts), batch_size):
         ids = tower.tokenizer.encode(list(texts[start:start + batch_size])).to(device)
@@ -117,7 +119,7 @@ def _zero_shot(tower: Any, splits: DataSplits, images: Tensor, labels: Tensor, o
                          f"this data has none")
     templates = list(options.zero_shot.templates or splits.prompt_templates or DEFAULT_TEMPLATES)
     classes = list(splits.class_names)
-    weights = zero_shot_weights(_text_embeddings(tower, prompts(classes, templates), options.zero_shot.batch_size,
+    weights = zero_shot_weights(text_embeddings(tower, prompts(classes, templates), options.zero_shot.batch_size,
                                                  device), len(classes), len(templates))
     top = zero_shot_accuracy(images, weights, labels, ks=(1, 5))
     source = ("the pipeline's" if options.zero_shot.templates else "the data's" if splits.prompt_templates
@@ -137,7 +139,7 @@ def _retrieval(tower: Any, splits: DataSplits, images: Tensor, options: EvalOpti
     texts = getattr(test, "texts", None)
     if not isinstance(texts, list):
         raise ValueError(f"{name}: retrieval needs the test split's captions (its `texts`); this data has none")
-    text_features = _text_embeddings(tower, texts, options.zero_shot.batch_size, device)
+    text_features = text_embeddings(tower, texts, options.zero_shot.batch_size, device)
     image_ids = getattr(test, "image_ids", None)
     image_of_text = None
     if image_ids is not None:  # one sample per caption (COCO): each image once, each caption pointing at it

@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from jef.tools.report.curves import Panel, reduce_curve
 
-__all__ = ["curves_figure", "embedding_figure", "retrieval_figure", "to_png", "views_figure"]
+__all__ = ["caption_figure", "curves_figure", "embedding_figure", "retrieval_figure", "to_png", "views_figure"]
 
 DPI = 100
 CORRECT, WRONG = "#1a9850", "#d73027"  # green and red, told apart by the marks as well as the hue
@@ -190,4 +190,29 @@ def retrieval_figure(queries: np.ndarray, neighbours: np.ndarray, similarities: 
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(3)
             axes.set_title(text, fontsize=8, color=colour)
+    return figure
+
+
+def caption_figure(images: np.ndarray, captions: Sequence[str], retrieved: Sequence[Sequence[tuple[str, float, bool]]]
+                   ) -> Figure:
+    """Each row a query image with its own caption, then the captions most similar to it, most similar first.
+
+    Args:
+        images: ``[Q, C, H, W]`` query images.
+        captions: Each query's own caption.
+        retrieved: Per query, ``(caption, cosine similarity, is its own caption)`` of the top captions; its own is
+            marked ``=`` in green.
+    """
+    rows = len(captions)
+    figure = Figure(figsize=(9.0, 1.45 * rows + 0.3))
+    for row in range(rows):
+        axes = figure.add_axes((0.01, 1 - (row + 1) / rows + 0.1 / rows, 0.12, 0.8 / rows))
+        _show(axes, images[row])
+        text_axes = figure.add_axes((0.15, 1 - (row + 1) / rows + 0.05 / rows, 0.84, 0.9 / rows))
+        text_axes.set_axis_off()
+        text_axes.text(0, 0.9, f"caption: {captions[row]}", fontsize=8, fontweight="bold", va="top",
+                       transform=text_axes.transAxes)
+        for rank, (caption, similarity, own) in enumerate(retrieved[row]):
+            text_axes.text(0, 0.72 - 0.16 * rank, f"{rank + 1}. {'=' if own else ' '} {similarity:.2f}  {caption}",
+                           fontsize=8, va="top", color=CORRECT if own else "black", transform=text_axes.transAxes)
     return figure

@@ -24,7 +24,7 @@ from jef.data.fields import as_fields
 from jef.evaluate.features import extract_features
 from jef.registry import RegistryError
 from jef.tools.report.data import ReportError
-from jef.tools.report.figures import embedding_figure, retrieval_figure, to_png, views_figure
+from jef.tools.report.figures import caption_figure, embedding_figure, retrieval_figure, to_png, views_figure
 from jef.config.validate import ConfigError
 
 __all__ = ["PROJECTIONS", "ModelFigures", "check_projection", "model_figures", "project_2d"]
@@ -192,6 +192,7 @@ def model_figures(directory: Path, *, plugins: Any, device: str = "cpu", max_poi
         result = ModelFigures()
         _views(run, result, images, device)
         _embeddings_and_neighbours(run, result, max_points, projection, queries, top_k, device)
+        _caption_retrievals(run, result, max_points, queries, top_k, device)
     except MODEL_ERRORS as error:
         return ModelFigures(note=f"the figures that need the model could not be made: {error}")
     if not splits.labelled:
@@ -243,6 +244,38 @@ def masked_display(view: np.ndarray, masks: Any) -> np.ndarray:
     out = np.where(hidden, 0.5, rgb)
     red = np.array([0.85, 0.35, 0.35]).reshape(1, 3, 1, 1)
     return np.where(predicted & hidden, 0.5 * out + 0.5 * red, out)
+
+
+def _caption_retrievals(run: Any, result: ModelFigures, max_points: int, queries: int, top_k: int,
+                        device: str) -> None:
+    """With a text encoder and captioned test images: the captions each query image retrieves."""
+    from jef.evaluate.multimodal import image_embeddings, text_embeddings, text_tower
+
+    splits, model = run.built.splits, run.built.model
+    tower, test = text_tower(model), splits.test
+    texts = getattr(test, "texts", None)
+    if tower is None or not isinstance(texts, list) or not texts:
+        return
+    positions = subset_indices(len(test), max_points)
+    images, labels = image_embeddings(model, Subset(test, positions), run.built.augmenter.eval_view,
+                                      run.pipeline.eval.zero_shot.batch_size, device)
+    captions = [texts[i] for i in positions]
+    modes = [(module, module.training) for module in tower.modules()]
+    tower.eval()
+    try:
+        text = text_embeddings(tower, captions, run.pipeline.eval.zero_shot.batch_size, device)
+    finally:
+        for module, was_training in modes:
+            module.training = was_training
+    chosen = spread(labels.tolist() if splits.labelled else None, queries, len(positions))
+    k = min(top_k, len(captions))
+    values, found = (F.normalize(images[chosen], dim=1) @ F.normalize(text, dim=1).T).topk(k, dim=1)
+    retrieved = [[(captions[j], float(v), j == i) for j, v in zip(row, sims, strict=True)]
+                 for i, row, sims in zip(chosen, found.tolist(), values.tolist(), strict=True)]
+    result.pngs["captions"] = to_png(caption_figure(_as_images([_image(test, positions[i]) for i in chosen]),
+                                                    [captions[i] for i in chosen], retrieved))
+    result.details["captions"] = (f"{len(chosen)} test images, top {k} of {len(captions)} test captions by cosine "
+                                  f"similarity of the image and text embeddings")
 
 
 def _class_name(classes: Sequence[str] | None, label: int) -> str:

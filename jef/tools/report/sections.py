@@ -43,6 +43,10 @@ CAPTIONS = {
     "retrievals": "Each row is a query image, then its most similar training images by cosine similarity of "
                   "backbone features (the neighbours that vote in the kNN protocol), similarity written above. "
                   "A green frame and = mark the query's class, a red frame and x another class.",
+    "captions": "Each row is a test image and its own caption (bold), then the test captions whose text "
+                "embeddings are most similar to its image embedding, similarity first; its own caption is marked "
+                "= in green. Many captions fit an image equally well (one class, similar attributes): retrieval "
+                "recall counts only the image's own.",
 }
 
 
@@ -134,7 +138,10 @@ def curve_sections(records: Sequence[RunRecord], files: dict[str, bytes]) -> lis
             html.Section("monitors", "Monitors", watch)]
 
 
-MODEL_PARTS = (("views", "Augmented views"), ("embeddings", "Embedding map"), ("retrievals", "Nearest neighbours"))
+MODEL_PARTS = (("views", "Augmented views"), ("embeddings", "Embedding map"), ("retrievals", "Nearest neighbours"),
+               ("captions", "Captions retrieved"))
+#: Parts only some runs have (a text encoder's): left out when no run has them.
+OPTIONAL_PARTS = {"captions"}
 
 
 def model_sections(records: Sequence[RunRecord], figures: Sequence[ModelFigures | str],
@@ -143,6 +150,8 @@ def model_sections(records: Sequence[RunRecord], figures: Sequence[ModelFigures 
     several = len(records) > 1
     sections = []
     for part, title in MODEL_PARTS:
+        if part in OPTIONAL_PARTS and not any(not isinstance(m, str) and part in m.pngs for m in figures):
+            continue
         blocks = []
         for record, made in zip(records, figures, strict=True):
             if isinstance(made, str) or made.note or part not in made.pngs:
