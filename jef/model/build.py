@@ -112,8 +112,9 @@ def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True, s
     _check_multi_crop(pipeline, augmenter)
     towers = build_towers(pipeline, ctx, augmenter, splits, weights=weights, start=_start_backbone)
     online_views = online_view_positions(pipeline, augmenter, towers)
-    backbone = _make(pipeline.backbone, view_context(pipeline, ctx, augmenter, online_views, "backbone"), pipeline,
-                     "backbone")
+    # From here ctx.in_channels is the online backbone's (CMC's L view: 1), which exports record.
+    ctx = view_context(pipeline, ctx, augmenter, online_views, "backbone")
+    backbone = _make(pipeline.backbone, ctx, pipeline, "backbone")
     if weights:
         _start_backbone(pipeline, backbone, ctx)  # before the model is made: an EMA target copies the backbone
     patch_size = getattr(backbone, "patch_size", None)

@@ -12,6 +12,7 @@ from jef.config import resolve
 from jef.config.yaml import read_yaml
 from jef.run.checkpoint import load_checkpoint
 from jef.testing import InterruptAt, assert_discovered, tiny_run
+from jef.testing.building import build_pipeline
 
 def test_plugin_is_discovered_through_its_entry_point(plugins):
     assert_discovered(plugins, "cmc", provides={"method": ["cmc"], "augmenter": ["cmc_views"],
@@ -52,6 +53,16 @@ TINY = {
                         "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
     "functionals": [{"name": "cmc_nce", "noise_samples": 32}],
 }
+
+
+def test_each_encoder_is_built_for_its_views_channels(plugins):
+    data = {"name": "synthetic", "channels": 3, "train_size": 64, "test_size": 32, "image_size": 16}
+    built = build_pipeline(plugins, {**TINY, "data": data})
+    assert built.augmenter.view_channels == (1, 2)
+    l_conv = next(m for m in built.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    ab_conv = next(m for m in built.model.towers["ab"].backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert (l_conv.in_channels, ab_conv.in_channels) == (1, 2)
+    assert built.ctx.in_channels == 1  # what an export of the online (L) backbone records
 
 
 def test_tiny_cmc_run(plugins):
