@@ -199,3 +199,24 @@ def _ctx(pipeline):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_clip_on_a_folder_of_captioned_images_ends_with_retrieval(plugins, tmp_path):
+    """An unlabelled captions CSV (the layout of examples/clip_captions_folder.yaml): no kNN or zero-shot, recall."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("test", 16)):
+        rows = ["image,caption"]
+        for i in range(n):
+            path = tmp_path / "img" / f"{split}{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+            rows.append(f"img/{path.name},a picture number {i % 5}")
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    pipeline = {**CLIP, "data": {"name": "image_text", "train": str(tmp_path / "train.csv"),
+                                 "test": str(tmp_path / "test.csv"), "image_size": 16},
+                "train": {**CLIP["train"], "num_workers": 1}}  # tokenized in a worker process
+    result = tiny_run(pipeline, steps=2, plugins=plugins, run_dir=tmp_path / "run")
+    assert {"image_to_text_r@1", "text_to_image_r@10"} <= set(result.metrics)
+    assert not {"knn_top1", "zero_shot_top1"} & set(result.metrics)
