@@ -1,5 +1,5 @@
-"""Evaluation of learned representations: offline protocols (kNN, linear probe, fine-tuning), feature
-extraction and collapse diagnostics."""
+"""Evaluation of learned representations: offline protocols (kNN, linear probe, fine-tuning; zero-shot and
+retrieval for a model with a text encoder), feature extraction and collapse diagnostics."""
 
 from jef.evaluate.collapse import (
     CollapseWarning,
@@ -10,10 +10,18 @@ from jef.evaluate.collapse import (
     embedding_std,
     uniformity,
 )
+from jef.evaluate.crossmodal import (
+    DEFAULT_TEMPLATES,
+    prompts,
+    retrieval_recall,
+    zero_shot_accuracy,
+    zero_shot_weights,
+)
 from jef.evaluate.features import extract_feature_sets, extract_features, probe_features
 from jef.evaluate.finetune import FinetuneResult, finetune, finetune_optimizer, finetune_param_groups
 from jef.evaluate.knn import knn_accuracy, knn_evaluate, knn_predict, knn_scores, knn_top1
 from jef.evaluate.linear import LinearProbeResult, linear_probe, topk_accuracy
+from jef.evaluate.multimodal import evaluate_towers, text_tower
 from jef.evaluate.online import OnlineLinearProbe
 from jef.evaluate.protocols import (
     EVALUATION_NAME,
@@ -27,6 +35,7 @@ from jef.evaluate.protocols import (
 )
 
 __all__ = [
+    "DEFAULT_TEMPLATES",
     "EVALUATION_NAME",
     "PROTOCOLS",
     "CollapseWarning",
@@ -41,6 +50,7 @@ __all__ = [
     "effective_rank",
     "embedding_std",
     "evaluate_backbone",
+    "evaluate_towers",
     "extract_feature_sets",
     "extract_features",
     "finetune",
@@ -53,9 +63,14 @@ __all__ = [
     "knn_top1",
     "linear_probe",
     "probe_features",
+    "prompts",
     "read_evaluation",
     "require_labels",
+    "retrieval_recall",
+    "text_tower",
     "topk_accuracy",
     "uniformity",
     "write_evaluation",
+    "zero_shot_accuracy",
+    "zero_shot_weights",
 ]
