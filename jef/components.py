@@ -9,7 +9,11 @@ component's attrs options class and ``ctx`` is the read-only
   takes a batch ``[B, C, H, W]`` (uint8 or float in [0, 1]) on any device and
   returns the views (float, normalised), global views first. Attributes
   ``n_views`` and ``n_global``; ``eval_view(images) -> Tensor`` is the
-  deterministic test-time transform used by evaluation.
+  deterministic test-time transform used by evaluation. Views that carry
+  facts (a pretext task's rotation class, a jigsaw's permutation) come back
+  as :class:`Views`, a list with a ``facts`` mapping of per-sample tensors,
+  drawn for the global batch and sharded like the views; they reach the
+  objective as ``StepOutputs.facts``.
 * **backbone** -- ``nn.Module`` mapping ``[B, C, H, W]`` to ``[B, out_dim]``;
   ``out_dim`` is known without a forward pass. A token backbone (the built-in
   ``vit``) also has ``forward_tokens(images, mask=None, blocks=(), mask_mode="replace")``
@@ -140,6 +144,23 @@ class RunContext:
     context_length: int | None = None
 
 
+class Views(list):
+    """An augmenter's views (a plain list of ``[B, C, h, w]`` tensors) and the facts they carry.
+
+    A list, so that code reading views reads these the same way; ``facts`` maps a name to a ``[B, ...]`` tensor of
+    this process's rows (``rotation``: the class of the rotation applied to each sample), for the objective
+    (``StepOutputs.facts``).
+
+    Args:
+        views: The views, global views first.
+        facts: Per-sample facts of the views, by name.
+    """
+
+    def __init__(self, views: Any, facts: dict[str, Tensor] | None = None) -> None:
+        super().__init__(views)
+        self.facts = dict(facts or {})
+
+
 @attrs.frozen
 class Branch:
     """One branch of the joint-embedding network, for every view.
@@ -180,6 +201,8 @@ class StepOutputs:
         masked: The token outputs of a masked pipeline (a masker is set), or None.
         towers: The branch of each named encoder of the pipeline (``encoders:``; CLIP's text tower), by name,
             or None without encoders. A ``tower`` target is one of them.
+        facts: What the augmenter's views carry (:class:`Views`: a rotation class, a tile permutation), by name,
+            ``[N, ...]`` local rows; None when it returned a plain list.
     """
 
     online: Branch
@@ -190,6 +213,7 @@ class StepOutputs:
     labels: Tensor | None = None
     masked: MaskedOutputs | None = None
     towers: dict[str, Branch] | None = None
+    facts: dict[str, Tensor] | None = None
 
 
 class Target(Protocol):

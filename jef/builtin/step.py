@@ -21,6 +21,7 @@ def jef_train_step(run: Any, batch: Any) -> StepResult:
     fields = as_fields(batch)  # an (image, label, index) tuple, or a mapping of named fields (image-text data)
     views = run.augmenter(fields["image"], generator=run.generator)
     # A masker draws from the same generator, after the views: W processes draw what one draws.
-    result = run.model(views, fields["index"], mask_generator=run.generator, fields=extra_fields(fields) or None)
+    result = run.model(views, fields["index"], mask_generator=run.generator, fields=extra_fields(fields) or None,
+                       facts=getattr(views, "facts", None))
     # Labels join the outputs only after the objective, for monitors (online probes).
     return result._replace(outputs=attrs.evolve(result.outputs, labels=fields["label"]))

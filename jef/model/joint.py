@@ -149,12 +149,13 @@ class JointEmbedding(nn.Module):
 
     def forward(self, views: list[Tensor], indices: Tensor | None = None, masks: list[Masks] | None = None,
                 mask_generator: torch.Generator | None = None,
-                fields: Mapping[str, Any] | None = None) -> StepResult:
+                fields: Mapping[str, Any] | None = None, facts: Mapping[str, Tensor] | None = None) -> StepResult:
         """Both branches and the objective; with masks (one per view) the masked path.
 
         A step hands the run's generator as ``mask_generator`` (used after the augmenter's draws): with a
         masker and no ``masks`` given, :meth:`draw_masks` draws them from it. ``fields`` are the batch's fields
-        beyond image, label and index (token ids of a caption), for the towers that encode them.
+        beyond image, label and index (token ids of a caption), for the towers that encode them; ``facts`` what the
+        views carry (:class:`~jef.components.Views`), handed to the objective as ``StepOutputs.facts``.
         """
         if masks is None and mask_generator is not None:
             masks = self.draw_masks(views, mask_generator)
@@ -173,7 +174,7 @@ class JointEmbedding(nn.Module):
         else:
             target = self.target.embed(self, online_views, online)
         return self.objective(StepOutputs(online=online, target=target, n_global=self.n_global, indices=indices,
-                                          towers=towers))
+                                          towers=towers, facts=dict(facts) if facts else None))
 
 
 def _unique(names: list[str]) -> list[str]:
