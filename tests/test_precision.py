@@ -283,7 +283,7 @@ class AutocastStep:
         views = run.augmenter(fields["image"], generator=run.generator)
         with torch.autocast("cpu", dtype=self.dtype):
             loss, terms, outputs = run.model(views, fields["index"], mask_generator=run.generator,
-                                             fields=extra_fields(fields) or None)
+                                             fields=extra_fields(fields) or None, facts=getattr(views, "facts", None))
         self.loss_dtypes |= {loss.dtype, *(t.dtype for t in terms.values())}
         return StepResult(loss, terms, attrs.evolve(outputs, labels=fields["label"]))
 
