@@ -108,6 +108,8 @@ METHODS = {
     "siglip": CAPTIONS,
     # Two encoders, one per view, against two memory banks gathered over the processes.
     "cmc": CMC,
+    # The batch's own view-0 features as the classifier's weights, gathered over the processes with gradient.
+    "invaspread": {},
 }
 #: Losses and states: float32 sums in another order (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5
