@@ -85,6 +85,7 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "clip": CAPTIONS,
     "siglip": CAPTIONS,
     "cmc": CMC,
+    "pirl": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]},
 }
 STEPS = 3
 

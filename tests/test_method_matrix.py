@@ -49,6 +49,8 @@ CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
        "encoders": {"ab": {"backbone": {"name": "small_cnn", "width": 8},
                            "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
        "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
+#: PIRL with 16-wide heads and a few noise rows.
+PIRL = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]}
 #: Method -> overrides that shrink its recipe for jef.testing.tiny_run (whose settings shrink data, backbone and
 #: the mlp projector's dims). Queues and banks are small and filled from the first step, so that the steps use
 #: them; frozen parts (SwAV's prototypes, DINO's last layer) are frozen for at most one step.
@@ -110,6 +112,8 @@ METHODS = {
     "cmc": CMC,
     # The batch's own view-0 features as the classifier's weights, gathered over the processes with gradient.
     "invaspread": {},
+    # The image and its 9 jigsaw tiles drawn for the global batch; one memory bank gathered over the processes.
+    "pirl": PIRL,
 }
 #: Losses and states: float32 sums in another order (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5

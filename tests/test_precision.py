@@ -239,10 +239,12 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "clip": CAPTIONS,
     "siglip": CAPTIONS,
     "cmc": CMC,
+    "pirl": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]},
 }
 #: The state each method keeps across steps (suffixes of model state_dict keys), which must stay float32.
 STATE = {"moco_v1": ["queue"], "moco_v2": ["queue"], "instdisc": ["bank", "normaliser"],
          "clip": ["logit_scale"], "siglip": ["logit_scale", "bias"], "cmc": ["bank_l", "bank_ab"],
+         "pirl": ["bank", "normaliser_jigsaw", "normaliser_image"],
          "swav": ["prototypes.weight", "queue"], "dino": ["center"], "dino_resnet": ["center"]}
 METHODS = PLUGINS.registry.names("method")
 

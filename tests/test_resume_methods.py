@@ -68,6 +68,9 @@ METHODS = {
              "encoders": {"text": {"tokenizer": {"context_length": 12, "max_vocab": 200},
                                    "backbone": {"width": 16, "depth": 1, "heads": 2}, "projector": {"dims": [16]}}},
              "train": {"optimizer": {"name": "adamw", "lr": 0.01}}},
+    # The memory bank, both normalisers and the noise counter; the tiles' permutations from the run's generator.
+    "pirl": {"method": "pirl", "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
+             "functionals": [{"name": "pirl", "size": 64, "noise_samples": 32}]},
 }
 
 
