@@ -49,6 +49,15 @@ CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
        "encoders": {"ab": {"backbone": {"name": "small_cnn", "width": 8},
                            "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
        "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
+#: The pretext baselines with 16-wide classifier heads; jigsaw with 4 px tiles and 10 permutations.
+PRETEXT = {
+    "rotation": {"functionals": [{"name": "pretext_classifier", "fact": "rotation", "hidden": [16]}]},
+    "jigsaw": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1, "permutations": 10},
+               "functionals": [{"name": "pretext_classifier", "fact": "permutation", "classes": 10, "hidden": [16]}]},
+    "relative_patch": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1},
+                       "functionals": [{"name": "pretext_classifier", "fact": "position", "hidden": [16]}]},
+    "denoising_ae": {"functionals": [{"name": "reconstruction", "hidden": [16]}]},
+}
 SHRUNK: dict[str, dict[str, Any]] = {
     "byol": {"predictor": {"dims": [32, 16]}},
     "simsiam": {"predictor": {"dims": [8, 16]}},
@@ -86,6 +95,8 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "siglip": CAPTIONS,
     "cmc": CMC,
     "pirl": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]},
+    **PRETEXT,
+    "cpc": {"augmenter": {"grid": 3, "patch": 8, "stride": 4}, "functionals": [{"name": "cpc", "hidden": 16}]},
 }
 STEPS = 3
 

@@ -51,6 +51,15 @@ CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
        "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
 #: PIRL with 16-wide heads and a few noise rows.
 PIRL = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]}
+#: The pretext baselines with 16-wide classifier heads; jigsaw with 4 px tiles and 10 permutations.
+PRETEXT = {
+    "rotation": {"functionals": [{"name": "pretext_classifier", "fact": "rotation", "hidden": [16]}]},
+    "jigsaw": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1, "permutations": 10},
+               "functionals": [{"name": "pretext_classifier", "fact": "permutation", "classes": 10, "hidden": [16]}]},
+    "relative_patch": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1},
+                       "functionals": [{"name": "pretext_classifier", "fact": "position", "hidden": [16]}]},
+    "denoising_ae": {"functionals": [{"name": "reconstruction", "hidden": [16]}]},
+}
 #: Method -> overrides that shrink its recipe for jef.testing.tiny_run (whose settings shrink data, backbone and
 #: the mlp projector's dims). Queues and banks are small and filled from the first step, so that the steps use
 #: them; frozen parts (SwAV's prototypes, DINO's last layer) are frozen for at most one step.
@@ -114,6 +123,10 @@ METHODS = {
     "invaspread": {},
     # The image and its 9 jigsaw tiles drawn for the global batch; one memory bank gathered over the processes.
     "pirl": PIRL,
+    # Facts (rotation class, permutation, neighbour position, clean image) drawn for the global batch and sharded.
+    **PRETEXT,
+    # A 3 x 3 grid of patches of each image, negatives from every patch of the global batch (gathered with gradient).
+    "cpc": {"augmenter": {"grid": 3, "patch": 8, "stride": 4}, "functionals": [{"name": "cpc", "hidden": 16}]},
 }
 #: Losses and states: float32 sums in another order (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5

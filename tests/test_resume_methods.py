@@ -69,6 +69,11 @@ METHODS = {
                                    "backbone": {"width": 16, "depth": 1, "heads": 2}, "projector": {"dims": [16]}}},
              "train": {"optimizer": {"name": "adamw", "lr": 0.01}}},
     # The memory bank, both normalisers and the noise counter; the tiles' permutations from the run's generator.
+    # The rotation classes and the tile permutations are drawn from the run's generator, which the checkpoint restores.
+    "rotation": {"method": "rotation",
+                 "functionals": [{"name": "pretext_classifier", "fact": "rotation", "hidden": [16]}]},
+    "jigsaw": {"method": "jigsaw", "augmenter": {"tile": 4, "gap": 1, "jitter": 1, "permutations": 10},
+               "functionals": [{"name": "pretext_classifier", "fact": "permutation", "classes": 10, "hidden": [16]}]},
     "pirl": {"method": "pirl", "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
              "functionals": [{"name": "pirl", "size": 64, "noise_samples": 32}]},
 }
