@@ -11,6 +11,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "backbones",
     "banks",
     "commands",
+    "compare_command",
     "cpu_bf16_conv",
     "datasets",
     "decorrelation",
