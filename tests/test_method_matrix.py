@@ -125,6 +125,8 @@ METHODS = {
     "pirl": PIRL,
     # Facts (rotation class, permutation, neighbour position, clean image) drawn for the global batch and sharded.
     **PRETEXT,
+    # FaceNet's triplet loss: each rank's anchors against both views of the global batch, gathered with gradient.
+    "triplet": {},
     # A 3 x 3 grid of patches of each image, negatives from every patch of the global batch (gathered with gradient).
     "cpc": {"augmenter": {"grid": 3, "patch": 8, "stride": 4}, "functionals": [{"name": "cpc", "hidden": 16}]},
 }

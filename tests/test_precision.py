@@ -272,6 +272,8 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "cmc": CMC,
     "pirl": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]},
     **PRETEXT,
+    # Semi-hard mining jumps when rounding moves a negative across d(a, p); batch-hard's max/min are continuous.
+    "triplet": {"functionals": [{"name": "triplet", "mining": "batch_hard"}]},
     "cpc": {"augmenter": {"grid": 3, "patch": 8, "stride": 4}, "functionals": [{"name": "cpc", "hidden": 16}]},
 }
 #: The state each method keeps across steps (suffixes of model state_dict keys), which must stay float32.
