@@ -74,6 +74,11 @@ METHODS = {
                  "functionals": [{"name": "pretext_classifier", "fact": "rotation", "hidden": [16]}]},
     "jigsaw": {"method": "jigsaw", "augmenter": {"tile": 4, "gap": 1, "jitter": 1, "permutations": 10},
                "functionals": [{"name": "pretext_classifier", "fact": "permutation", "classes": 10, "hidden": [16]}]},
+    # Methods whose state is their parameters and the optimiser's: the gathered global batch, the context network.
+    "triplet": {"method": "triplet"},
+    "invaspread": {"method": "invaspread"},
+    "cpc": {"method": "cpc", "augmenter": {"grid": 3, "patch": 8, "stride": 4},
+            "functionals": [{"name": "cpc", "hidden": 16}]},
     "pirl": {"method": "pirl", "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
              "functionals": [{"name": "pirl", "size": 64, "noise_samples": 32}]},
 }
