@@ -29,6 +29,7 @@ from jef.config import merge
 from jef.plugins import load_plugins
 from jef.components import RunContext
 from jef.testing import build_component, temporary_plugin, tiny_run
+from shrunk_methods import CAPTIONS, CMC, CPC, PIRL, PRETEXT
 
 PLUGINS = load_plugins()
 METHODS = PLUGINS.registry.names("method")
@@ -37,27 +38,6 @@ MULTI_CROP = {"n_local": 2, "local_size": 8, "blur_p": 0.0}
 #: Each recipe shrunk as in tests/test_precision.py: heads and state sized for the tiny 16-wide projector, 8-pixel
 #: local crops (whose last convolutions see 1x1 maps: the case the oneDNN bug hits), SwAV's queue in use from the
 #: second step, and the prototypes moving from the second step.
-#: The image-text recipes on the bundled captions (64 images, 16 px views) with a one-block text tower; the online
-#: and text projectors must agree in width.
-CAPTIONS = {"data": {"name": "fashion_mnist_captions", "subset_train": 64, "subset_test": 32},
-            "augmenter": {"size": 16}, "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
-            "encoders": {"text": {"tokenizer": {"context_length": 12, "max_vocab": 200},
-                                  "backbone": {"width": 16, "depth": 1, "heads": 2},
-                                  "projector": {"dims": [16]}}}}
-#: CMC with two small CNNs (one per view) and 16-wide heads.
-CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
-       "encoders": {"ab": {"backbone": {"name": "small_cnn", "width": 8},
-                           "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
-       "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
-#: The pretext baselines with 16-wide classifier heads; jigsaw with 4 px tiles and 10 permutations.
-PRETEXT = {
-    "rotation": {"functionals": [{"name": "pretext_classifier", "fact": "rotation", "hidden": [16]}]},
-    "jigsaw": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1, "permutations": 10},
-               "functionals": [{"name": "pretext_classifier", "fact": "permutation", "classes": 10, "hidden": [16]}]},
-    "relative_patch": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1},
-                       "functionals": [{"name": "pretext_classifier", "fact": "position", "hidden": [16]}]},
-    "denoising_ae": {"functionals": [{"name": "reconstruction", "hidden": [16]}]},
-}
 SHRUNK: dict[str, dict[str, Any]] = {
     "byol": {"predictor": {"dims": [32, 16]}},
     "simsiam": {"predictor": {"dims": [8, 16]}},
@@ -94,9 +74,9 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "clip": CAPTIONS,
     "siglip": CAPTIONS,
     "cmc": CMC,
-    "pirl": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]},
+    "pirl": PIRL,
     **PRETEXT,
-    "cpc": {"augmenter": {"grid": 3, "patch": 8, "stride": 4}, "functionals": [{"name": "cpc", "hidden": 16}]},
+    "cpc": CPC,
 }
 STEPS = 3
 

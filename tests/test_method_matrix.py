@@ -31,35 +31,13 @@ from jef.config import merge
 from jef.config.options import OptimizerOptions
 from jef.plugins import load_plugins
 from jef.testing import record_runs
+from shrunk_methods import CAPTIONS, CMC, CPC, PIRL, PRETEXT
 
 STEPS = 3
 GLOBAL_BATCH = 16
 WORLD = 2
 #: What every run shares: no evaluation, BatchNorm over the global batch.
 COMMON = {"eval": {"knn": {"enabled": False}}, "train": {"sync_bn": True}}
-#: The image-text recipes on the bundled captions (64 images, 16 px views) with a one-block text tower; the online
-#: and text projectors must agree in width.
-CAPTIONS = {"data": {"name": "fashion_mnist_captions", "subset_train": 64, "subset_test": 32},
-            "augmenter": {"size": 16}, "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
-            "encoders": {"text": {"tokenizer": {"context_length": 12, "max_vocab": 200},
-                                  "backbone": {"width": 16, "depth": 1, "heads": 2},
-                                  "projector": {"dims": [16]}}}}
-#: CMC with two small CNNs (one per view) and 16-wide heads.
-CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
-       "encoders": {"ab": {"backbone": {"name": "small_cnn", "width": 8},
-                           "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
-       "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
-#: PIRL with 16-wide heads and a few noise rows.
-PIRL = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]}
-#: The pretext baselines with 16-wide classifier heads; jigsaw with 4 px tiles and 10 permutations.
-PRETEXT = {
-    "rotation": {"functionals": [{"name": "pretext_classifier", "fact": "rotation", "hidden": [16]}]},
-    "jigsaw": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1, "permutations": 10},
-               "functionals": [{"name": "pretext_classifier", "fact": "permutation", "classes": 10, "hidden": [16]}]},
-    "relative_patch": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1},
-                       "functionals": [{"name": "pretext_classifier", "fact": "position", "hidden": [16]}]},
-    "denoising_ae": {"functionals": [{"name": "reconstruction", "hidden": [16]}]},
-}
 #: Method -> overrides that shrink its recipe for jef.testing.tiny_run (whose settings shrink data, backbone and
 #: the mlp projector's dims). Queues and banks are small and filled from the first step, so that the steps use
 #: them; frozen parts (SwAV's prototypes, DINO's last layer) are frozen for at most one step.
@@ -128,7 +106,7 @@ METHODS = {
     # FaceNet's triplet loss: each rank's anchors against both views of the global batch, gathered with gradient.
     "triplet": {},
     # A 3 x 3 grid of patches of each image, negatives from every patch of the global batch (gathered with gradient).
-    "cpc": {"augmenter": {"grid": 3, "patch": 8, "stride": 4}, "functionals": [{"name": "cpc", "hidden": 16}]},
+    "cpc": CPC,
 }
 #: Losses and states: float32 sums in another order (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5

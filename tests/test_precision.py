@@ -34,6 +34,7 @@ from jef.model.joint import Objective
 from jef.plugins import load_plugins
 from jef.testing import build_component, temporary_plugin, tiny_run
 from jef.testing.contracts import step_outputs
+from shrunk_methods import CAPTIONS, CMC, CPC, PIRL, PRETEXT
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = load_plugins()
@@ -207,27 +208,6 @@ def test_memory_bank_update_with_half_precision_features_keeps_float32_unit_rows
 NO_EVAL = {"eval": {"knn": {"enabled": False}}, "monitors": []}
 #: Each method's recipe shrunk the way its plugin's tests shrink it: heads and stored state sized for the tiny
 #: settings' 16-wide projector, no blur (slow on a CPU), and SwAV's queue in use from the second step.
-#: The image-text recipes on the bundled captions (64 images, 16 px views) with a one-block text tower; the online
-#: and text projectors must agree in width.
-CAPTIONS = {"data": {"name": "fashion_mnist_captions", "subset_train": 64, "subset_test": 32},
-            "augmenter": {"size": 16}, "projector": {"name": "mlp", "dims": [16], "batch_norm": False},
-            "encoders": {"text": {"tokenizer": {"context_length": 12, "max_vocab": 200},
-                                  "backbone": {"width": 16, "depth": 1, "heads": 2},
-                                  "projector": {"dims": [16]}}}}
-#: CMC with two small CNNs (one per view) and 16-wide heads.
-CMC = {"projector": {"name": "mlp", "dims": [16], "batch_norm": False},
-       "encoders": {"ab": {"backbone": {"name": "small_cnn", "width": 8},
-                           "projector": {"name": "mlp", "dims": [16], "batch_norm": False}}},
-       "functionals": [{"name": "cmc_nce", "noise_samples": 32}]}
-#: The pretext baselines with 16-wide classifier heads; jigsaw with 4 px tiles and 10 permutations.
-PRETEXT = {
-    "rotation": {"functionals": [{"name": "pretext_classifier", "fact": "rotation", "hidden": [16]}]},
-    "jigsaw": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1, "permutations": 10},
-               "functionals": [{"name": "pretext_classifier", "fact": "permutation", "classes": 10, "hidden": [16]}]},
-    "relative_patch": {"augmenter": {"tile": 4, "gap": 1, "jitter": 1},
-                       "functionals": [{"name": "pretext_classifier", "fact": "position", "hidden": [16]}]},
-    "denoising_ae": {"functionals": [{"name": "reconstruction", "hidden": [16]}]},
-}
 SHRUNK: dict[str, dict[str, Any]] = {
     "byol": {"predictor": {"dims": [32, 16]}},
     "simsiam": {"predictor": {"dims": [8, 16]}},
@@ -270,11 +250,11 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "clip": CAPTIONS,
     "siglip": CAPTIONS,
     "cmc": CMC,
-    "pirl": {"projector": {"name": "mlp", "dims": [16], "batch_norm": False}, "functionals": [{"name": "pirl", "noise_samples": 32}]},
+    "pirl": PIRL,
     **PRETEXT,
     # Semi-hard mining jumps when rounding moves a negative across d(a, p); batch-hard's max/min are continuous.
     "triplet": {"functionals": [{"name": "triplet", "mining": "batch_hard"}]},
-    "cpc": {"augmenter": {"grid": 3, "patch": 8, "stride": 4}, "functionals": [{"name": "cpc", "hidden": 16}]},
+    "cpc": CPC,
 }
 #: The state each method keeps across steps (suffixes of model state_dict keys), which must stay float32.
 STATE = {"moco_v1": ["queue"], "moco_v2": ["queue"], "instdisc": ["bank", "normaliser"],
