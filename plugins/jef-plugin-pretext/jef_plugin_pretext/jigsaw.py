@@ -80,6 +80,13 @@ def permutation_set(count: int, tiles: int = 9, seed: int = 0, criterion: str = 
 
 @functools.lru_cache(maxsize=16)
 def _permutation_set(count: int, tiles: int, seed: int, criterion: str) -> tuple[Tensor, int]:
+    # On the CPU whatever the default device: `jef config show` builds components under torch.device("meta"),
+    # where the search's tensors would have no values to read.
+    with torch.device("cpu"):
+        return _search(count, tiles, seed, criterion)
+
+
+def _search(count: int, tiles: int, seed: int, criterion: str) -> tuple[Tensor, int]:
     if criterion not in ("min", "mean"):
         raise ValueError(f"permutation_set: criterion must be 'min' or 'mean', got {criterion!r}")
     pool = all_permutations(tiles)
