@@ -18,6 +18,7 @@ from jef.components import DataSplits
 from jef.config.options import EvalOptions
 from jef.evaluate.crossmodal import DEFAULT_TEMPLATES, prompts, retrieval_recall, zero_shot_accuracy, zero_shot_weights
 from jef.evaluate.features import extract_feature_sets
+from jef.evaluate.results import Result
 
 __all__ = ["TOWER_PROTOCOLS", "can_run", "evaluate_towers", "image_embeddings", "text_embeddings", "text_tower"]
 
@@ -36,7 +37,7 @@ def text_tower(model: nn.Module) -> Any | None:
 
 def evaluate_towers(model: nn.Module, splits: DataSplits, eval_view: Callable[[Tensor], Tensor],
                     options: EvalOptions, device: str | torch.device, protocols: Sequence[str], *,
-                    num_workers: int = 0) -> list[Any]:
+                    num_workers: int = 0) -> list[Result]:
     """Zero-shot top-1/top-5 and recall@k both ways on the test split, as :class:`~jef.evaluate.protocols.Result`.
 
     Args:
@@ -52,8 +53,6 @@ def evaluate_towers(model: nn.Module, splits: DataSplits, eval_view: Callable[[T
         ValueError: No text encoder, no class names (zero-shot) or no captions (retrieval); the message says
             what the data must provide.
     """
-    from jef.evaluate.protocols import Result
-
     tower = text_tower(model)
     if tower is None:
         raise ValueError("zero-shot and retrieval need a text encoder: a named encoder with a tokenizer under "
@@ -110,9 +109,7 @@ def text_embeddings(tower: Any, texts: Sequence[str], batch_size: int, device: s
 
 
 def _zero_shot(tower: Any, splits: DataSplits, images: Tensor, labels: Tensor, options: EvalOptions,
-               device: str | torch.device) -> list[Any]:
-    from jef.evaluate.protocols import Result
-
+               device: str | torch.device) -> list[Result]:
     name = splits.name or "the data"
     if not splits.class_names or not splits.labelled:
         raise ValueError(f"{name}: zero-shot classification needs labels and class names (DataSplits.class_names); "
@@ -132,9 +129,7 @@ def _zero_shot(tower: Any, splits: DataSplits, images: Tensor, labels: Tensor, o
 
 
 def _retrieval(tower: Any, splits: DataSplits, images: Tensor, options: EvalOptions,
-               device: str | torch.device) -> list[Any]:
-    from jef.evaluate.protocols import Result
-
+               device: str | torch.device) -> list[Result]:
     test, name = splits.test, splits.name or "the data"
     texts = getattr(test, "texts", None)
     if not isinstance(texts, list):

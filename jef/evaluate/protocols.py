@@ -26,6 +26,7 @@ from jef.evaluate.finetune import finetune, finetune_param_groups
 from jef.evaluate.knn import knn_accuracy
 from jef.evaluate.linear import MOMENTUM, linear_probe
 from jef.evaluate.multimodal import TOWER_PROTOCOLS, can_run, evaluate_towers
+from jef.evaluate.results import Result
 from jef.config.options import EvalOptions, LinearProbeOptions
 
 __all__ = ["EVALUATION_NAME", "PROTOCOLS", "Result", "check_backbone", "evaluate_backbone", "read_evaluation",
@@ -37,22 +38,6 @@ PROTOCOLS = ("knn", "linear", "finetune", *TOWER_PROTOCOLS)
 BACKBONE_PROTOCOLS = ("knn", "linear", "finetune")
 #: The file in a run directory that :func:`write_evaluation` writes.
 EVALUATION_NAME = "evaluation.json"
-
-
-@attrs.frozen
-class Result:
-    """One offline evaluation number.
-
-    Attributes:
-        key: ``knn_top1``, ``knn_top5``, ``linear_top1``, ``linear_top5``, ``finetune_top1``, ``finetune_top5``,
-            ``zero_shot_top1``, ``zero_shot_top5``, ``image_to_text_r@k`` or ``text_to_image_r@k``.
-        value: Accuracy (or recall) in ``[0, 1]`` on the test split.
-        protocol: What was measured, in words: the protocol and every setting, the data and their sizes.
-    """
-
-    key: str
-    value: float
-    protocol: str
 
 
 def evaluate_backbone(
