@@ -24,8 +24,11 @@ $(STAMP): $(PY) pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 demo: install  # --overwrite: a second `make demo` moves the previous run aside to runs/demo.old-<time>
 	$(VENV)/bin/jef train examples/demo.yaml --run-dir runs/demo --overwrite
 
+# The tests are independent: pytest-xdist runs TEST_JOBS of them at once, one thread each (two workers of two
+# threads on CI's two cores would compete); --dist loadfile keeps a file's tests, and its module fixtures, on one worker.
+TEST_JOBS ?= 2
 test: install
-	$(PY) -m pytest -q tests plugins
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile tests plugins
 
 docs: install
 	$(VENV)/bin/mkdocs build --strict -d site

@@ -9,7 +9,6 @@ Gathers without a correct backward must fail that check.
 
 import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ import jef.dist
 from jef.builtin.energies import ScaledCosineEnergy
 from jef.builtin.functionals import InfoNCEDenominator
 from jef.components import Branch, StepOutputs
+from jef.testing import free_port
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -150,16 +150,12 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         tdist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory) -> list[dict]:
     outdir = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(outdir)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(outdir)), nprocs=WORLD, join=True)
     return [torch.load(outdir / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from jef.run.checkpoint import load_checkpoint
 from jef.components import Branch, RunContext, StepOutputs
 from jef.functional import full_softmax_loss, momentum_update, nce_loss, nce_normaliser, nce_posterior
 from jef.plugins import load_plugins
-from jef.testing import InterruptAt, build_component, tiny_run
+from jef.testing import InterruptAt, build_component, free_port, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -235,14 +234,10 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         tdist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_hold_the_same_bank_as_one(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"{r}.pt") for r in range(WORLD)]
     single = MemoryBank(SIZE, dim=DIM, noise_samples=5, seed=1).double()
     loss = _one_step(single, *_problem())

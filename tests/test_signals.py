@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ import yaml
 from jef.run.checkpoint import load_checkpoint
 from jef.config import merge
 from jef.plugins import load_plugins
-from jef.testing import TINY_PIPELINE, tiny_run
+from jef.testing import TINY_PIPELINE, free_port, tiny_run
 
 #: 4 steps an epoch; the stop comes at step 3, mid-epoch, after the checkpoint of no step.
 PIPELINE = {"eval": {"knn": {"enabled": False}}, "train": {"epochs": 2}}
@@ -137,9 +136,7 @@ def test_sigterm_to_one_rank_stops_every_rank_with_143_and_one_message(tmp_path)
     # matter of milliseconds (the next test runs torchrun and asserts only what does not depend on them).
     run_dir, pipeline_file, plugin_file = _files(tmp_path, SIGTERM_TO_RANK_1, eval={"knn": {"enabled": True}},
                                                  train={"log_every": 2})
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     processes = []
     for rank in (0, 1):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",

@@ -10,7 +10,8 @@
   made by the registered factories (:mod:`jef.testing.building`); :class:`Objective` and :class:`Term`
   for objectives assembled from modules a test made.
 * :func:`run_in_processes`, :func:`train_in_processes`, :func:`record_runs` -- jobs, tiny runs and recorded
-  tiny runs in several gloo processes (:mod:`jef.testing.distributed`).
+  tiny runs in several gloo processes (:mod:`jef.testing.distributed`); :func:`free_port` -- a rendezvous port
+  no other pytest-xdist worker can be handed at the same time.
 * Contract checks (:mod:`jef.testing.contracts`): :func:`check_energy`,
   :func:`check_functional`, :func:`check_functional_under_gather`,
   :func:`check_augmenter`, :func:`check_backbone`, :func:`check_head`, :func:`check_masker`,
@@ -37,7 +38,7 @@ from jef.hookspecs import hookimpl
 from jef.plugins import PluginInfo, Plugins, add_plugin, load_plugins
 from jef.testing.building import Objective, Term, build_objective, build_pipeline
 from jef.testing.contracts import ContractError, build_component, check_component, check_energy, check_functional
-from jef.testing.distributed import record_runs, run_in_processes, train_in_processes
+from jef.testing.distributed import free_port, record_runs, run_in_processes, train_in_processes
 from jef.testing.faults import train_killed_at
 from jef.testing.gather_contract import check_functional_under_gather
 from jef.testing.mask_contracts import check_masker, check_token_head
@@ -53,6 +54,7 @@ __all__ = [
     "assert_learns",
     "installed_plugins",
     "InterruptAt",
+    "free_port",
     "record_runs",
     "run_in_processes",
     "TINY_PIPELINE",

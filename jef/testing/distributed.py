@@ -74,6 +74,36 @@ def ensure_process_group() -> None:
                                  world_size=_RENDEZVOUS["world_size"], timeout=TIMEOUT)
 
 
+#: Rendezvous ports are taken from below the kernel's ephemeral range (32768-60999 on Linux), one block per
+#: pytest-xdist worker: a port the kernel hands out for ``bind(0)`` is free only until it is released, and another
+#: test process asking in the meantime may be handed the same one, which a block of its own rules out.
+PORT_BLOCK, PORT_BASE = 1000, 20000
+_NEXT_PORT = itertools.count()
+
+
+def free_port() -> int:
+    """A free loopback port for a rendezvous, from this test process's own block (see :data:`PORT_BLOCK`).
+
+    Under pytest-xdist each worker (``PYTEST_XDIST_WORKER=gwN``) takes ports from block N, so that two workers
+    starting process groups at the same moment never pick the same port; within a worker, tests run one after
+    another. Outside pytest-xdist, block 0 is used.
+
+    Raises:
+        RuntimeError: Every port of the block is taken.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = PORT_BASE + (int(worker) if worker.isdigit() else 0) % 12 * PORT_BLOCK
+    for _ in range(PORT_BLOCK):
+        port = first + next(_NEXT_PORT) % PORT_BLOCK
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # taken, by a process outside the tests or one that has not released it yet
+                continue
+        return port
+    raise RuntimeError(f"no free port in {first}-{first + PORT_BLOCK - 1}; is another test run using them?")
+
+
 def run_in_processes(job: Callable[[int], Any], world_size: int = 2) -> list[Any]:
     """Call ``job(rank)`` in ``world_size`` gloo processes; return the results in rank order.
 
@@ -82,9 +112,7 @@ def run_in_processes(job: Callable[[int], Any], world_size: int = 2) -> list[Any
     back through ``torch.save``. A script calling this needs an
     ``if __name__ == "__main__":`` guard, as every ``spawn`` does.
     """
-    with socket.socket() as sock:  # a free port on the loopback interface
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="jef-processes-") as outdir:
         mp.spawn(_worker, args=(world_size, port, outdir, job), nprocs=world_size, join=True)
         return [torch.load(Path(outdir) / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]

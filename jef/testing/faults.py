@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ torch.set_num_threads(args["threads"])  # the same intra-op threads as the calle
 from jef import hookimpl
 from jef.plugins import load_plugins
 from jef.testing import tiny_run
+from jef.testing.distributed import free_port
 
 def die():
     if args["world_size"] > 1:  # tell the parent this process is there, and wait for it to kill every process
@@ -115,9 +115,7 @@ def train_killed_at(pipeline: Mapping[str, Any], *, steps: int, run_dir: str | P
 def _kill_processes(args: dict[str, Any], env: dict[str, str], world_size: int,
                     timeout: float) -> subprocess.CompletedProcess[str]:
     """Start ``world_size`` processes as torchrun would, wait until each has reached the step, SIGKILL them all."""
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="jef-kill-") as tmp:
         markers, logs = Path(tmp) / "ready", Path(tmp) / "logs"
         markers.mkdir()
