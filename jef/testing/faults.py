@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from jef.testing.distributed import free_port
+
 __all__ = ["train_killed_at"]
 
 _SCRIPT = r"""
@@ -37,7 +39,6 @@ torch.set_num_threads(args["threads"])  # the same intra-op threads as the calle
 from jef import hookimpl
 from jef.plugins import load_plugins
 from jef.testing import tiny_run
-from jef.testing.distributed import free_port
 
 def die():
     if args["world_size"] > 1:  # tell the parent this process is there, and wait for it to kill every process
