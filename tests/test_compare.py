@@ -179,5 +179,6 @@ def test_errors(tmp_path, capsys, change, args, message):
     if "unknown method" in message:
         assert "vicreg" in error and "jef list method" in error
     if "predictor.nope" in " ".join(args):
-        assert "shared.yaml" in error and "predictor" in error
+        # --set is the command line: the error blames its override, not the shared file.
+        assert "command line override 'predictor.nope=1'" in error and "predictor" in error
     assert not (tmp_path / "out").exists()  # nothing trained or written

@@ -123,7 +123,7 @@ def test_override_errors(tmp_path, registry):
     message, _ = error_of(tmp_path, registry, "method: toy\n", ["functionals.3.temperature=0.1"])
     assert "functionals.3: expected a list index below 1, got '3'" in message
     message, _ = error_of(tmp_path, registry, "method: toy\n", ["train.epochs"])
-    assert "override 'train.epochs' must look like key.path=value" in message
+    assert message.startswith("command line override 'train.epochs': must look like key.path=value")
 
 
 def test_empty_objective_is_an_error(registry):
@@ -238,19 +238,21 @@ def test_a_top_level_that_is_not_a_mapping(tmp_path, registry):
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("train..epochs=1", "override 'train..epochs=1' must look like key.path=value, e.g. train.optimizer.lr=0.1 or "
+    ("train..epochs=1", "must look like key.path=value, e.g. train.optimizer.lr=0.1 or "
                         "functionals.0.temperature=0.2"),
-    ("=3", "override '=3' must look like key.path=value"),
-    ("train.epochs=[1", "override 'train.epochs=[1': value is not valid: invalid YAML at line 1, column 3: "
+    ("=3", "must look like key.path=value"),
+    ("train.epochs=[1", "value is not valid: invalid YAML at line 1, column 3: "
                         "expected ',' or ']', but got '<stream end>'"),
-    ("method.x=1", "override 'method.x=1': cannot set 'x' inside method, which is str 'toy', not a mapping"),
+    ("method.x=1", "cannot set 'x' inside method, which is str 'toy', not a mapping"),
     ("train.epochs=!!python/object/apply:os.system [x]", "value is not valid: invalid YAML at line 1, column 1: "
                                                          "could not determine a constructor for the tag"),
     ("train.optimizer.lr=.nan", "train.optimizer.lr: expected a finite number, got float nan"),
 ])
 def test_override_syntax_errors(tmp_path, registry, override, expected):
+    # The command line is to blame, not the file.
     message, path = error_of(tmp_path, registry, "method: toy\n", [override])
-    assert message.startswith(f"{path}: ") and expected in message
+    assert message.startswith(f"command line override {override!r}: ") and expected in message
+    assert str(path) not in message
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -344,7 +346,8 @@ def test_failing_train_on_a_bad_pipeline_leaves_the_run_directory_alone(tmp_path
         for resume in ([], ["--resume"]):
             code = main(["train", str(bad), "--run-dir", str(run_dir), "--cpu", *resume, *overrides])
             err = capsys.readouterr().err
-            assert code == 2 and err.startswith(f"jef: error: {bad}: ") and "Traceback" not in err
+            blamed = f"command line override {overrides[0]!r}: " if overrides else f"{bad}: "
+            assert code == 2 and err.startswith(f"jef: error: {blamed}") and "Traceback" not in err
             assert sorted(p.name for p in run_dir.iterdir()) == sorted(before)
             for name, content in before.items():
                 assert (run_dir / name).read_bytes() == content

@@ -26,6 +26,7 @@ import functools
 import io
 import math
 import os
+import re
 import shutil
 import tempfile
 import types
@@ -105,9 +106,12 @@ def load(raw: bytes | str, overrides: tuple[str, ...] = ()) -> Any:
 
 
 def assert_clear(message: str, path: Path) -> None:
-    """A message a user can act on: the file first, a reason, no Python internals, a readable length."""
-    assert message.startswith(f"{path}: "), message
-    assert message[len(f"{path}: "):].strip(), message
+    """A message a user can act on: who is to blame first (the file, or the command line's override), a reason, no
+    Python internals, a readable length."""
+    prefix = re.match(r"command line override '[^']*': ", message)
+    prefix = prefix.group(0) if prefix else f"{path}: "
+    assert message.startswith(prefix), message
+    assert message[len(prefix):].strip(), message
     assert "Traceback" not in message and "File \"" not in message, message
     assert len(message) < 2000, message
 

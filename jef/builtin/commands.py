@@ -6,11 +6,11 @@ import argparse
 import json
 import os
 import sys
-
-import yaml
+from typing import Any
 
 from jef.components import describe_options
-from jef.config import Pipeline, load_pipeline
+from jef.config import SLOTS, Pipeline, load_pipeline
+from jef.config.provenance import annotated_yaml, selected_view
 from jef.hookspecs import RegisterCommand, hookimpl
 from jef.registry import KINDS
 
@@ -44,33 +44,79 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resume even though the pipeline differs from the checkpoint's (the differences are "
                              "listed as a warning)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    parser.add_argument("--sweep", action="append", metavar="key.path=v1,v2",
+                        help="train one run per value, one after another, into RUN_DIR/<last key>=<value> "
+                             "(e.g. runs/p/lr=0.1), then print a table of their final metrics; one key per "
+                             "command, plain values only; --resume and --overwrite apply to each run")
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from jef.run.directory import run_directory
     from jef.run.faults import RunInterrupted
-    from jef.run.loop import train
 
-    pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
-    resume = "force" if args.force_resume else args.resume
+    main = int(os.environ.get("RANK", "0")) == 0  # every process runs; one prints
     try:
-        metrics = train(pipeline, run_dir=args.run_dir, resume=resume, overwrite=args.overwrite,
-                        plugins=args.plugins, cpu=True if args.cpu else None)
+        if args.sweep:
+            return _sweep(args, main)
+        pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
+        metrics = train_one(args, pipeline, args.run_dir)
     except RunInterrupted as stopped:  # not an error: the job was asked to stop and saved its state
-        if int(os.environ.get("RANK", "0")) == 0:  # every process stops with it; one says so
+        if main:  # every process stops with it; one says so
             print(f"jef: {stopped}", file=sys.stderr)
         return stopped.exit_status
-    if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
-        print(format_metrics(metrics))
+    if main:  # one summary, not one per process
+        print(format_metrics(metrics, run_directory(pipeline, args.run_dir)))
     return 0
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    """Final metrics, with the kNN of the trained and the random backbone side by side."""
+def train_one(args: argparse.Namespace, pipeline: Pipeline, run_dir: Any) -> dict[str, float]:
+    """Train ``pipeline`` into ``run_dir`` as ``args`` say (``--resume``, ``--overwrite``, ``--cpu``)."""
+    from jef.run.loop import train
+
+    resume = "force" if args.force_resume else args.resume
+    return train(pipeline, run_dir=run_dir, resume=resume, overwrite=args.overwrite, plugins=args.plugins,
+                 cpu=True if args.cpu else None)
+
+
+def _sweep(args: argparse.Namespace, main: bool) -> int:
+    """``--sweep key.path=v1,v2``: one run per value, through :func:`train_one` (:mod:`jef.tools.sweep`)."""
+    from jef.config import ConfigError
+    from jef.tools.sweep import format_sweep_table, plan_sweep, run_sweep
+
+    if len(args.sweep) > 1:
+        raise ConfigError(f"one --sweep per command (got {len(args.sweep)}: {', '.join(args.sweep)}); for a grid, "
+                          f"run one sweep per value of the other key, each into its own --run-dir", source="--sweep")
+    runs = plan_sweep(args.pipeline, args.overrides, args.sweep[0], registry=args.plugins.registry,
+                      run_dir=args.run_dir)
+
+    def echo(line: str, stream: Any = None) -> None:
+        if main:
+            print(line, file=stream or sys.stdout, flush=True)
+
+    def one(pipeline: Pipeline, directory: Any) -> dict[str, float]:
+        metrics = train_one(args, pipeline, directory)
+        echo(format_metrics(metrics, directory))
+        return metrics
+
+    results = run_sweep(runs, one, echo, lambda line: echo(line, sys.stderr))
+    echo(format_sweep_table(results))
+    return 0
+
+
+def format_metrics(metrics: dict[str, float], run_dir: Any = None) -> str:
+    """Final metrics, then the trained backbone against its baselines (kNN and linear probe), and the run directory."""
+    from jef.evaluate.results import baseline_table
+
+    table = baseline_table(metrics)
+    # The table holds the top-1s; the baselines' other numbers are in evaluation.json.
+    shown = {key for key in metrics if key.startswith(("knn_top1", "linear_top1"))
+             or key.endswith(("_random", "_pixels"))} if table else set()
     lines = ["final metrics:"] + [f"  {key:<28} {value:.4f}" for key, value in sorted(metrics.items())
-                                  if not key.startswith("knn_top1")]
-    if "knn_top1" in metrics:
-        lines.append(f"kNN top-1 (k-NN on frozen backbone features): trained {metrics['knn_top1']:.4f}"
-                     + (f"   random init {metrics['knn_top1_random']:.4f}" if "knn_top1_random" in metrics else ""))
+                                  if key not in shown]
+    if table:
+        lines += ["test accuracy of frozen features (top-1):", *table]
+    if run_dir is not None:
+        lines.append(f"run directory: {run_dir}")
     return "\n".join(lines)
 
 
@@ -140,6 +186,9 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["show"], help="show: print the resolved pipeline")
     parser.add_argument("pipeline", help="pipeline YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a value of the file")
+    parser.add_argument("--all", action="store_true",
+                        help="also show the options of what is not selected (an evaluation that is off, the "
+                             "options of other optimisers, empty slots), as a run saves them")
 
 
 def config_command(args: argparse.Namespace) -> int:
@@ -147,12 +196,17 @@ def config_command(args: argparse.Namespace) -> int:
 
     pipeline = load_pipeline(args.pipeline, args.overrides, registry=args.plugins.registry)
     check(pipeline)  # every component but the data is built: a pipeline that shows is one that builds
-    print(describe_pipeline(pipeline))
+    print(describe_pipeline(pipeline, every_option=args.all))
     return 0
 
 
-def describe_pipeline(pipeline: Pipeline) -> str:
-    """The resolved pipeline as YAML, headed by the objective and who supplied each slot."""
+def describe_pipeline(pipeline: Pipeline, *, every_option: bool = False) -> str:
+    """The resolved pipeline as YAML, headed by the objective and who supplied each slot.
+
+    Each value a layer set is marked at the end of its line: ``# recipe``, ``# base FILE``, ``# file`` or
+    ``# command line``; a default is unmarked. Unless ``every_option``, the options of what is not selected are
+    left out (:func:`jef.config.provenance.selected_view`) and a header line names them.
+    """
     lines = [f"# {pipeline.source}, fully resolved", "#", "# objective  L = " + objective_formula(pipeline), "#"]
     if pipeline.encoders:
         lines += [f"# {line}" for line in tower_lines(pipeline)] + ["#"]
@@ -163,8 +217,13 @@ def describe_pipeline(pipeline: Pipeline) -> str:
         lines.append(f"# {'method':<{width}} {pipeline.method.name:<22} {pipeline.method.provenance}")
     for label, slot in labels:
         lines.append(f"# {label:<{width}} {slot.name:<22} {slot.entry.provenance}")
+    data, hidden = (pipeline.to_dict(), []) if every_option else selected_view(pipeline.to_dict(), SLOTS)
+    lines += ["#", "# marks: where a value was set: recipe (the method's), base FILE (the file's base: file), file,",
+              "#        command line (an override); a value without a mark is a default"]
+    if hidden:
+        lines.append(f"# not selected, not shown (--all shows them): {', '.join(hidden)}")
     lines.append("")
-    lines.append(yaml.safe_dump(pipeline.to_dict(), sort_keys=False).rstrip())
+    lines.append(annotated_yaml(data, pipeline.origins.label))
     return "\n".join(lines)
 
 

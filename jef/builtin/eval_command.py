@@ -24,7 +24,7 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run directory written by `jef train`, or a "
                         "checkpoint file inside one")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
-                        help="override the run's saved pipeline, e.g. data.name=cifar10 or eval.linear.epochs=50")
+                        help="override the run's saved pipeline, e.g. data.name=fashion_mnist_mini or eval.linear.epochs=50")
     parser.add_argument("--protocol", action="append", choices=PROTOCOL_CHOICES,
                         help="protocol to run (repeatable; default: those enabled in the pipeline's eval section)")
     parser.add_argument("--data", metavar="NAME", help="evaluate on this labelled dataset (same as data.name=NAME)")

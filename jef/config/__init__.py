@@ -4,6 +4,8 @@
   :func:`merge` and the requirements check;
 * :mod:`jef.config.yaml` -- the hardened YAML reader (:func:`read_yaml`, :func:`parse_yaml`);
 * :mod:`jef.config.overrides` -- ``key.path=value`` overrides (:func:`apply_overrides`);
+* :mod:`jef.config.provenance` -- where each value came from (recipe, base file, file, command line), and the
+  annotated YAML ``jef config show`` prints;
 * :mod:`jef.config.options` -- the attrs options of the core sections (``target``, ``train``, ``eval``);
 * :mod:`jef.config.validate` -- turning plain YAML data into attrs options, with errors that name the YAML path.
 """

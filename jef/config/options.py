@@ -235,3 +235,6 @@ class EvalOptions:
         "zero-shot classification (pipelines with a text encoder)"))
     retrieval: RetrievalOptions = attrs.field(factory=RetrievalOptions, metadata=doc(
         "image-text retrieval (pipelines with a text encoder)"))
+    baselines: tuple[Literal["random", "pixels"], ...] = attrs.field(default=(), metadata=doc(
+        "also score these with the enabled kNN and linear probe when a run ends: random (the backbone at "
+        "random initialisation) | pixels (the eval view's pixels, flattened); keys end in _random, _pixels"))

@@ -12,8 +12,10 @@ whose name stays is merged key by key. Lists are replaced whole.
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.metadata
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ import attrs
 
 from jef.config.encoders import Encoder, parse_encoders
 from jef.config.options import EvalOptions, TrainOptions
-from jef.config.overrides import apply_overrides
+from jef.config.overrides import apply_overrides, override_source
+from jef.config.provenance import COMMAND_LINE, FILE, RECIPE, Origins, leaf_paths
 from jef.config.validate import ConfigError, build_options, describe, join, short, to_plain
 from jef.config.yaml import check_size, read_yaml
 from jef.names import closest
@@ -32,7 +35,7 @@ from jef.registry import Entry, Registry, RegistryError
 SLOTS: dict[str, str] = {"data": "dataset", "augmenter": "augmenter", "backbone": "backbone",
                          "projector": "head", "predictor": "head", "energy": "energy", "masker": "masker"}
 #: List slots and their kind.
-LIST_SLOTS: dict[str, str] = {"functionals": "functional", "monitors": "monitor"}
+LIST_SLOTS: dict[str, str] = {"functionals": "functional", "monitors": "monitor", "loggers": "logger"}
 #: Slots that carry a loss ``weight`` beside their options.
 WEIGHTED = {"energy", "functionals"}
 #: Keys of the backbone slot beside its options, whatever the backbone (:mod:`jef.model.weights` reads them).
@@ -54,6 +57,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     "masker": None,
     "functionals": [],
     "monitors": [{"name": "collapse"}],
+    "loggers": [{"name": "tensorboard"}],  # train.tensorboard: false drops it
 }
 
 
@@ -118,8 +122,12 @@ class Pipeline:
     train: TrainOptions
     eval: EvalOptions
     masker: Slot | None = None
+    #: Where metrics go beside ``metrics.jsonl`` (:mod:`jef.builtin.loggers`); built on the main process only.
+    loggers: list[Slot] = attrs.field(factory=list)
     #: Named encoders beside the online branch (:mod:`jef.config.encoders`), in file order.
     encoders: dict[str, Encoder] = attrs.field(factory=dict)
+    #: Which layer set each value (:mod:`jef.config.provenance`); what ``jef config show`` marks. Not compared.
+    origins: Origins = attrs.field(factory=Origins, eq=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved pipeline as plain data (what ``jef config show`` prints and runs save)."""
@@ -133,7 +141,8 @@ class Pipeline:
             "seed": self.seed, "run_dir": self.run_dir,
             **{name: slot(getattr(self, name)) for name in SLOTS},
             "functionals": [s.plain() for s in self.functionals],
-            "monitors": [s.plain() for s in self.monitors], **encoders,
+            "monitors": [s.plain() for s in self.monitors],
+            "loggers": [s.plain() for s in self.loggers], **encoders,
             "target": self.target.plain(), "train": to_plain(self.train), "eval": to_plain(self.eval),
         }
 
@@ -147,17 +156,53 @@ class Pipeline:
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None, *, registry: Registry) -> Pipeline:
-    """Read, merge and validate a pipeline file. See :func:`resolve`."""
+    """Read, merge and validate a pipeline file (and its ``base:`` file, if it names one). See :func:`resolve`."""
     data = read_yaml(path)
     if not data and not overrides:
         raise ConfigError("the file is empty (or holds only comments); a pipeline names at least its method, "
                           "e.g. `method: simclr` (`jef list method` lists them)", source=str(path))
-    return resolve(data, overrides or [], source=str(path), registry=registry)
+    data, base, label = read_base(path, data)
+    return resolve(data, overrides or [], source=str(path), registry=registry, base=base, base_label=label)
+
+
+def read_base(path: str | Path, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """Split ``base: other.yaml`` off a pipeline file's data and read that file (relative to the including one).
+
+    One level only: a base file that names a base of its own is refused.
+
+    Returns:
+        The file's data without ``base``, the base file's data (None without ``base:``) and its origin label
+        (``base other.yaml``).
+
+    Raises:
+        ConfigError: ``base`` is not a file name, the base file cannot be read or is no mapping, or has a base.
+    """
+    if "base" not in data:
+        return data, None, ""
+    data = dict(data)
+    name = data.pop("base")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"expected the path of another pipeline file to start from (relative to this one), "
+                          f"e.g. `base: common.yaml`, got {describe(name)}", path="base", source=str(path))
+    target = (Path(path).parent / Path(name).expanduser()).resolve()
+    if not target.exists():
+        raise ConfigError(f"base file {name!r} not found (looked for {target}: a base path is relative to the "
+                          f"folder of {Path(path).name}); fix the path or create the file", path="base",
+                          source=str(path))
+    try:
+        base = read_yaml(target)
+    except ConfigError as error:
+        raise ConfigError(f"base file {name!r} ({target}): {error.reason}", path="base", source=str(path)) from error
+    if "base" in base:
+        raise ConfigError(f"base file {name!r} ({target}) names a base of its own ({base['base']!r}); only one "
+                          f"level of base: is allowed: merge the two base files into one, or point {Path(path).name} "
+                          f"at the innermost one", path="base", source=str(path))
+    return data, base, f"base {name}"
 
 
 def resolve(user: Mapping[str, Any], overrides: list[str] | None = None, *, source: str = "<pipeline>",
-            registry: Registry) -> Pipeline:
-    """Merge core defaults, the method recipe, the user's data and overrides, then validate.
+            registry: Registry, base: Mapping[str, Any] | None = None, base_label: str = "base") -> Pipeline:
+    """Merge core defaults, the method recipe, a base file, the user's data and overrides, then validate.
 
     Args:
         user: The user's pipeline as plain data.
@@ -165,43 +210,103 @@ def resolve(user: Mapping[str, Any], overrides: list[str] | None = None, *, sour
         source: The file (or a description) named in errors.
         registry: The name table to look components up in, e.g. ``jef.plugins.get_plugins().registry`` (the
             pipeline layer loads no plugins itself; :func:`jef.load_pipeline` uses the process-wide ones).
+        base: The data of the file's ``base:`` file (:func:`read_base`), merged between the recipe and ``user``.
+        base_label: The base's origin in :attr:`Pipeline.origins` (``base other.yaml``).
 
     Raises:
-        ConfigError: anything invalid, with ``source`` and the YAML path named.
+        ConfigError: anything invalid, with ``source`` and the YAML path named; an error in a value a
+            command-line override set names that override instead of the file (and, for a key that does not
+            exist, the full path of the closest one that does).
     """
+    origins = Origins()
     try:
         if not isinstance(user, Mapping):
             raise ConfigError(f"a pipeline must be a mapping of slots such as `method: simclr`, got {describe(user)}")
+        if "base" in user and base is None:
+            raise ConfigError("`base:` names another pipeline file and is read with the file (`jef train FILE`, "
+                              "jef.load_pipeline); for data, merge the two yourself with jef.config.merge",
+                              path="base")
         overrides = list(overrides or [])
         for override in overrides:
             if not isinstance(override, str):
                 raise ConfigError(f"an override must be a string key.path=value, got {describe(override)}")
         check_size(dict(user))
         # The method decides the recipe, so an override of it applies first; the others apply last.
-        user = apply_overrides(dict(user), [o for o in overrides if o.partition("=")[0].strip() == "method"])
+        first = [o for o in overrides if o.partition("=")[0].strip() == "method"]
+        user = apply_overrides(dict(user), first)
+        effective = merge(base, user) if base is not None else user
         # Requirements first: a missing plugin explains an unknown method better than the lookup can.
-        check_requirements(user.get("requires") or [])
+        check_requirements(effective.get("requires") or [])
         merged = copy.deepcopy(CORE_DEFAULTS)
         method = None
-        if user.get("method") is not None:
-            method = _lookup(registry, "method", user["method"], "method")
-            merged = merge(merged, method.factory)
-        merged = apply_overrides(merge(merged, user), overrides)
-        return _validate(merged, method, registry, source)
+        if effective.get("method") is not None:
+            method = _lookup(registry, "method", effective["method"], "method")
+            merged = merge(merged, method.factory, origins=origins, label=RECIPE)
+        if base is not None:
+            merged = merge(merged, base, origins=origins, label=base_label)
+        # The method override again, now traced: it wins over the file like the others.
+        merged = apply_overrides(merge(merged, user, origins=origins, label=FILE),
+                                 first + [o for o in overrides if o not in first], origins=origins)
+        return attrs.evolve(_validate(merged, method, registry, source), origins=origins)
     except ConfigError as error:
-        raise error.located(source) from error.__cause__
+        if error.source.startswith(COMMAND_LINE):
+            raise
+        override = origins.override_at(error.path)
+        if override is None:
+            raise error.located(source) from error.__cause__
+        others = [o for o in overrides if o != override]
+        raise _blame_override(error, override, lambda: resolve(
+            user, others, source=source, registry=registry, base=base, base_label=base_label)) from error
 
 
-def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``over`` onto ``base``; a slot whose ``name`` changes is replaced, lists are replaced."""
+def _blame_override(error: ConfigError, override: str, without: Any) -> ConfigError:
+    """``error``, caused by ``override``, as the command line's; a key that does not exist gets the nearest path.
+
+    Args:
+        error: The validation error at a path the override set.
+        override: The ``key.path=value`` text.
+        without: Resolves the pipeline without the override (its valid paths are the suggestions).
+    """
+    reason = error.reason
+    key = override.partition("=")[0].strip()
+    if reason.startswith("unknown key") and error.path:
+        try:
+            paths = leaf_paths(without().to_dict())
+        except ConfigError:
+            paths = []
+        last = key.rpartition(".")[2]
+        same = [path for path in paths if path.rpartition(".")[2] == last]
+        ranked = sorted(same, key=lambda path: -difflib.SequenceMatcher(None, key, path).ratio())
+        hint = ranked[0] if ranked else closest(key, paths)
+        if hint:
+            also = f" (or {', '.join(ranked[1:4])})" if len(ranked) > 1 else ""
+            reason = re.sub(r"; did you mean '[^']*'\?", "", reason, count=1)
+            head, _, rest = reason.partition(" (valid keys")
+            reason = f"{head}; did you mean {hint}?{also}" + (f" (valid keys{rest}" if rest else "")
+    return ConfigError(reason, path=error.path, source=override_source(override))
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any], *, origins: Origins | None = None,
+          label: str = "", path: str = "") -> dict[str, Any]:
+    """Merge ``over`` onto ``base``; a slot whose ``name`` changes is replaced, lists are replaced.
+
+    Args:
+        base: The weaker data.
+        over: The stronger data.
+        origins: Where to record that ``label`` wrote each value of ``over`` (:mod:`jef.config.provenance`).
+        label: The origin of ``over`` (``recipe``, ``file``).
+        path: The YAML path of ``base`` and ``over`` in the pipeline (for ``origins``).
+    """
     result = dict(base)
     for key, value in over.items():
         old = result.get(key)
         if isinstance(old, Mapping) and isinstance(value, Mapping) and (
                 "name" not in value or "name" not in old or value["name"] == old["name"]):
-            result[key] = merge(old, value)
+            result[key] = merge(old, value, origins=origins, label=label, path=join(path, key))
         else:
             result[key] = copy.deepcopy(value)
+            if origins is not None:
+                origins.set(join(path, key), value, label)
     return result
 
 

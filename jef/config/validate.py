@@ -94,6 +94,10 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
                 raise error
         raise ConfigError(f"expected {_type_name(annotation)}, got {describe(value)}", path=path)
     if origin is typing.Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off (yes/on) as a boolean: `precision: no`
+            spelt = next((word for word in (("yes", "on") if value else ("no", "off")) if word in args), None)
+            if spelt is not None:
+                return spelt
         if isinstance(value, str | int | float | bool | None) and value in args:
             return value
         hint = closest(value, [str(a) for a in args]) if isinstance(value, str) else None

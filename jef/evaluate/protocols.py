@@ -157,9 +157,11 @@ class _Features:
             if probe is not backbone or not functions:
                 functions.append(probe)
         kwargs = dict(batch_size=options.knn.batch_size, device=device, num_workers=num_workers)
-        train, train_y = extract_feature_sets(backbone, splits.train, functions, eval_view, **kwargs)
+        label = " and ".join(name for name in ("kNN", "linear probe") if name.split()[0].lower() in chosen)
+        train, train_y = extract_feature_sets(backbone, splits.train, functions, eval_view, **kwargs,
+                                              description=f"{label}: train features")
         test, test_y = extract_feature_sets(backbone, splits.test, functions, eval_view,  # type: ignore[arg-type]
-                                            **kwargs)
+                                            **kwargs, description=f"{label}: test features")
         keep = train_y >= 0  # unlabelled training images (STL-10's unlabelled part) have no class
         train, train_y = [x[keep] for x in train], train_y[keep]
         h_train, h_test = (train[0], test[0]) if "knn" in chosen else (None, None)
@@ -239,7 +241,7 @@ def require_labels(splits: DataSplits) -> None:
     """The errors a user reads when the data cannot be evaluated, saying what to pass instead."""
     if not splits.labelled:
         raise ValueError(f"{_data(splits)}: the data has no labels; evaluation needs a labelled dataset: "
-                         f"pass data.name=... (e.g. data.name=cifar10) or --data NAME")
+                         f"pass data.name=... (e.g. data.name=fashion_mnist_mini) or --data NAME")
     if splits.test is None or len(splits.test) == 0:  # type: ignore[arg-type]
         raise ValueError(f"{_data(splits)}: the data has no test split; evaluation scores the test split: "
                          f"give the dataset one (e.g. data.test_size=... for synthetic, "
