@@ -46,6 +46,7 @@ KIND_TITLES = {
     "tokenizer": "Tokenizers",
     "dataset": "Datasets",
     "monitor": "Monitors",
+    "logger": "Loggers",
 }
 
 #: Width argparse formats help to, so the page does not depend on the terminal of whoever builds it.

@@ -36,6 +36,7 @@ KINDS: dict[str, str] = {
     "tokenizer": "jef_register_tokenizers",
     "dataset": "jef_register_datasets",
     "monitor": "jef_register_monitors",
+    "logger": "jef_register_loggers",
     "command": "jef_register_commands",
 }
 

@@ -36,7 +36,7 @@ import attrs
 
 from jef.run.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, restore_run
 from jef.run.launch import RunEnvironment
-from jef.run.log import METRICS_NAME, MetricsLogger, write_run_files
+from jef.run.log import METRICS_NAME, MetricsLogger, build_loggers, view_grid, write_run_files
 from jef.config.validate import ConfigError
 
 try:
@@ -91,8 +91,9 @@ class RunDir:
 
         The checkpoint comes first: one that does not fit the model raises before the directory is touched.
         Only the main process writes ``pipeline.yaml`` (headed by where the run trains), ``plugins.json`` and
-        ``metrics.jsonl``, whose first line (of this part of the run) says the same; a resumed run's metrics lose
-        the lines written after its checkpoint's step (those steps are trained again).
+        ``metrics.jsonl``, whose first line (of this part of the run) says the same, and builds and opens the
+        pipeline's ``loggers:``; a resumed run's metrics (and loggers) lose what was written after its checkpoint's
+        step (those steps are trained again).
 
         Args:
             run: The freshly built :class:`jef.run.state.Run`.
@@ -100,13 +101,15 @@ class RunDir:
         """
         if self.resumed is not None:
             restore_run(run, self.resumed)
+        loggers = build_loggers(run.pipeline, run.ctx) if self.main else []  # main process only, before any write
         environment = RunEnvironment.of(run.accelerator, run.pipeline.train.precision)
         if self.main:
             write_run_files(self.directory, run.pipeline.to_dict(), plugins,
                             header=f"trained on {environment.describe()}")
         resumed_from = None if self.resumed is None else int(self.resumed["step"])
-        self.logger = MetricsLogger(self.directory, enabled=self.main, tensorboard=run.pipeline.train.tensorboard,
-                                    resumed_from=resumed_from)
+        self.logger = MetricsLogger(self.directory, enabled=self.main, resumed_from=resumed_from, loggers=loggers,
+                                    views=lambda: view_grid(run), epoch=lambda: run.epoch,
+                                    pipeline=run.pipeline.to_dict())
         if self.main:  # where it runs, said once (the main process) and kept as the first line of this part's log
             print(f"jef: training on {environment.describe()}; run directory {self.directory}", file=sys.stderr)
             self.logger.write(run.step, environment.record())
@@ -284,7 +287,7 @@ class RunDirLock:
             return cls(path, None)
         while True:
             try:
-                handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
             except OSError as error:
                 raise RunDirError(f"cannot be written ({error.strerror}: {path}); pass --run-dir a directory you "
                                   f"can write to", source=str(directory)) from error

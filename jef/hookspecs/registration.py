@@ -1,40 +1,19 @@
-"""Hook specifications: every hook jef calls, and the reference for plugin authors.
+"""Registration hooks (``jef_register_*``) and ``jef_addhooks``: called once on every loaded plugin.
 
-A plugin is a module (or object) with functions named after these hooks and
-decorated with ``@jef.hookimpl``. Installed plugins are found through the
-``jef`` entry-point group; built-ins are plugins of the same kind.
-
-Two families of hooks:
-
-* **Registration hooks** (``jef_register_*``) are called once on every loaded
-  plugin. Each receives a ``register`` callable (typed by :class:`Register`, or :class:`RegisterMethod` and
-  :class:`RegisterCommand`); jef owns the name table and records which plugin (and distribution, version)
-  provided each name.
-* **Run hooks** (``jef_run_start`` ... ``jef_run_end``) are called during
-  ``jef train`` on the plugins *active in that run*: the built-ins, ``--plugin``
-  files and plugin objects, the installed plugins the pipeline selected (its
-  method's or its components'), and the components and monitors it built,
-  which are registered for the run and unregistered after it.
+Re-exported by :mod:`jef.hookspecs`; see there for the two families of hooks.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import pluggy
-
+from jef.hookspecs._markers import hookspec
 from jef.registry import Register, RegisterCommand, RegisterMethod
 
 if TYPE_CHECKING:
     import pluggy as _pluggy
 
-    from jef.components import StepOutputs, StepResult
-    from jef.run.state import Run
-
-PROJECT = "jef"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
-__all__ = ["PROJECT", "Register", "RegisterCommand", "RegisterMethod", "hookimpl", "hookspec"]
+__all__ = ["Register", "RegisterCommand", "RegisterMethod"]
 
 
 # -- Plugin set-up ---------------------------------------------------------------------------------
@@ -203,6 +182,25 @@ def jef_register_monitors(register: Register) -> None:
 
 
 @hookspec
+def jef_register_loggers(register: Register) -> None:
+    """Register loggers (``loggers:``): where a run's metrics go beside ``metrics.jsonl`` (TensorBoard, CSV, ...).
+
+    ``factory(options, ctx)`` returns an object, built on the main process only, with
+    ``open(directory, resumed_from)`` (the run directory; the step a resumed run restarts from, or None: a
+    resumed logger drops or hides what it holds after that step, so the history is not doubled),
+    ``write(step, metrics)`` (a mapping of floats, and the odd string, as in ``metrics.jsonl``),
+    ``hparams(pipeline, metrics)`` (the resolved pipeline as plain data and the final metrics, once, at the
+    run's end) and ``close()``; optionally ``images(step, tag, images)`` (a float tensor ``[N, C, H, W]`` in
+    ``[0, 1]``: a grid of the run's views, once per epoch) and ``loss_terms(names)`` (before ``open``: the
+    pipeline's functional names, whose keys, like ``energy/...``, are loss terms). ``metrics.jsonl`` is written
+    whatever the loggers.
+
+    Args:
+        register: Adds one logger to jef's table (a :class:`Register`).
+    """
+
+
+@hookspec
 def jef_register_commands(register: RegisterCommand) -> None:
     """Register sub-commands of the ``jef`` command line.
 
@@ -215,81 +213,3 @@ def jef_register_commands(register: RegisterCommand) -> None:
     """
 
 
-# -- Run hooks: called during a run on the plugins active in it ------------------------------------
-
-
-@hookspec
-def jef_run_start(run: Run) -> None:
-    """Called once after the model, optimiser and data are prepared, before the first step.
-
-    Args:
-        run: The run: its context, pipeline, model, optimiser, accelerator and counters.
-    """
-
-
-@hookspec(firstresult=True)
-def jef_train_step(run: Run, batch: Any) -> StepResult | None:
-    """Compute the loss of one batch (forward only; the loop does backward).
-
-    Stops at the first non-None result. jef's built-in implementation is
-    ``trylast``: it augments the batch, runs both branches and evaluates the
-    objective; a plugin the pipeline selected (its method or one of its
-    components) that returns a result replaces it.
-
-    Args:
-        run: The run.
-        batch: What the data loader yielded: ``(images, labels, indices)``.
-
-    Returns:
-        A :class:`~jef.components.StepResult`: ``loss`` (scalar tensor to
-        back-propagate), ``terms`` (dict of named scalar tensors for logging)
-        and ``outputs`` (:class:`~jef.components.StepOutputs` or None); or
-        None to defer. A dict with those keys is accepted, with a
-        DeprecationWarning, for one release.
-    """
-
-
-@hookspec
-def jef_after_backward(run: Run) -> None:
-    """Called after the backward pass and before the optimiser step.
-
-    The place to edit gradients (e.g. zero the gradient of a frozen layer).
-
-    Args:
-        run: The run.
-    """
-
-
-@hookspec
-def jef_step_end(run: Run, outputs: StepOutputs | None, terms: dict[str, Any]) -> None:
-    """Called after each optimiser step (EMA update, queue enqueue, monitors).
-
-    Args:
-        run: The run; ``run.step`` is the number of optimiser steps done.
-        outputs: The step's model outputs (detach before keeping them).
-        terms: The step's loss terms, a mapping of floats averaged over processes that is read from the
-            device only when a value is first accessed (``jef.run.terms.StepTerms``). Reading one stalls the
-            step on a GPU and, with several processes, is an all-reduce every process must then do: read them
-            only on steps where you need them (e.g. every N steps, on every process alike).
-    """
-
-
-@hookspec
-def jef_epoch_end(run: Run, epoch: int, metrics: dict[str, float]) -> None:
-    """Called at the end of each epoch, before its checkpoint (so what the hooks change is in it).
-
-    Args:
-        run: The run.
-        epoch: The epoch just finished (0-based).
-        metrics: Averages of the epoch's logged terms; hooks may add entries.
-    """
-
-
-@hookspec
-def jef_run_end(run: Run, metrics: dict[str, float]) -> None:
-    """Called once when training finished, after the final checkpoint.
-
-    Args:
-        run: The run.
-        metrics: The final metrics (e.g. ``knn_top1``); hooks may add entries.
-    """
