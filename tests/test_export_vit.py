@@ -1,4 +1,5 @@
-"""``jef export`` of a ViT: the README's code loads it into timm and torchvision without jef, with the same features."""
+"""``jef export`` of a ViT: the README's code loads it from backbone.py, timm and torchvision without jef, with the
+same features."""
 
 from __future__ import annotations
 
@@ -89,9 +90,10 @@ def features_without_jef(directory: Path, snippets: list[str], images: torch.Ten
 
 def test_the_readme_loads_a_cls_vit_into_timm_and_torchvision_with_the_same_features(cls_export, tmp_path):
     run, out = cls_export
-    blocks = readme_blocks(out)
-    assert len(blocks) == 2 and "VisionTransformer(img_size=16" in blocks[0]
-    assert "torchvision.models.VisionTransformer(image_size=16, patch_size=4" in blocks[1]
+    blocks = readme_blocks(out)  # backbone.py (torch alone), timm, torchvision
+    assert len(blocks) == 3 and "model = backbone.ViT(image_size=16, patch_size=4" in blocks[0]
+    assert "VisionTransformer(img_size=16" in blocks[1]
+    assert "torchvision.models.VisionTransformer(image_size=16, patch_size=4" in blocks[2]
     images = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         expected = run.backbone(images)
@@ -108,13 +110,14 @@ def test_a_mean_pooled_layer_scaled_vit_loads_into_timm_and_the_readme_says_why_
         "img_size": 16, "patch_size": 4, "in_chans": 1, "num_classes": 0, "global_pool": "avg", "fc_norm": False,
         "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0, "init_values": 0.1}
     assert "neither mean pooling nor layer scale" in (out / "README.md").read_text()
-    blocks = readme_blocks(out)
-    assert len(blocks) == 1 and 'torch.load("backbone.pt", weights_only=True)' in blocks[0]
+    blocks = readme_blocks(out)  # backbone.py (torch alone), timm
+    assert len(blocks) == 2 and all('torch.load("backbone.pt", weights_only=True)' in block for block in blocks)
+    assert "layer_scale=0.1, pos_embed='sincos'" in blocks[0]
     images = torch.rand(3, 1, 16, 16)
     with torch.no_grad():
         expected = run.backbone(images)
-    (features,) = features_without_jef(out, blocks, images, tmp_path)
-    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    for features in features_without_jef(out, blocks, images, tmp_path):
+        torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_paper_sized_vit_names_timms_model_and_create_model_builds_the_same_network(plugins):

@@ -19,8 +19,9 @@ def jef_register_commands(register: RegisterCommand) -> None:
              description="Write the features of every image of a dataset, image folder or data YAML, from a "
                          "trained run, to a .safetensors, .npz or .pt file.")
     register("export", export_command, arguments=export_arguments,
-             description="Write a run's trained backbone as a plain state_dict (safetensors and/or torch) that "
-                         "loads without jef, with backbone.json saying how to rebuild it.")
+             description="Write a run's trained backbone as a plain state_dict (safetensors and/or torch) with "
+                         "its architecture (backbone.json, and backbone.py for jef's own modules), so that it "
+                         "loads without jef.")
 
 
 def _device(cpu: bool) -> str:

@@ -185,7 +185,7 @@ class FolderImages(Dataset):
             line = f"{path}\t{reason} (found while decoding)\n".encode()
             try:
                 # One O_APPEND write per line: loader workers and processes append without interleaving.
-                fd = os.open(self.skipped, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(self.skipped, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
                 try:
                     os.write(fd, line)
                 finally:

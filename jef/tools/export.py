@@ -4,17 +4,19 @@ What is written to the output directory:
 
 * ``backbone.safetensors`` and/or ``backbone.pt``: the backbone's ``state_dict``,
   tensors only (``torch.load(..., weights_only=True)`` reads the ``.pt``).
+* ``backbone.py`` (jef's own modules: ``small_cnn``, ``vit``): the backbone's class as jef defines it, with
+  torch imports only (:mod:`jef.tools.standalone`).
 * ``backbone.json``: what the weights are (run, step, online or EMA target
-  weights), how to rebuild the network without jef (for jef's ResNets and ViTs:
-  the torchvision and timm constructors, their arguments and the changes), the
-  input it expects and its feature width.
+  weights), how to rebuild the network without jef (``architecture``: the class in
+  ``backbone.py``, the torchvision or the timm constructor, with its arguments and
+  changes; for jef's ViTs also timm's and torchvision's ``VisionTransformer``,
+  :mod:`jef.tools.rebuild`), the input it expects and its feature width.
 * ``README.md``: the same, with code that loads the weights.
 
-jef's ResNets are torchvision ResNets with ``fc`` replaced by ``nn.Identity``, and
-jef's ViT has timm's ``VisionTransformer`` keys: torchvision or timm loads the
-weights strictly and gives the same features (:mod:`jef.tools.rebuild` says how).
-Any other backbone (``small_cnn``, a plugin's) needs jef and its plugin to be
-rebuilt: :func:`load_exported` does that from ``backbone.json``.
+Every built-in backbone loads without jef: jef's ResNets are torchvision ResNets with ``fc`` replaced by
+``nn.Identity``, the ``timm`` backbone (jef-plugin-timm) is a timm model, and ``small_cnn`` and ``vit`` are
+rebuilt from ``backbone.py``. A plugin's own backbone needs jef and its plugin to be rebuilt:
+:func:`load_exported` does that from ``backbone.json``.
 
 Only the backbone is exported: not the projector or predictor, not the EMA
 target (unless asked for with ``target=True``, BYOL's or DINO's teacher), not
@@ -34,6 +36,7 @@ import jef
 from jef.files import atomic_write
 from jef.tools.rebuild import backbone_recipes, resnet_changes, snippets
 from jef.tools.runs import LoadedRun, load_run
+from jef.tools.standalone import architecture, architecture_snippet
 
 __all__ = ["FORMATS", "ExportError", "describe_backbone", "export_backbone", "load_exported", "open_run", "readme_text",
            "resnet_changes", "torchvision_snippet"]
@@ -82,11 +85,17 @@ def _input_spec(run: LoadedRun) -> dict[str, Any]:
     return spec
 
 
-def describe_backbone(run: LoadedRun, *, target: bool = False, files: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The content of ``backbone.json``: what the weights are and how to rebuild the network."""
+def describe_backbone(run: LoadedRun, *, target: bool = False, files: tuple[str, ...] = (),
+                      arch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``backbone.json``: what the weights are and how to rebuild the network.
+
+    ``arch``: the ``architecture`` entry (:func:`jef.tools.standalone.architecture`; computed when not given).
+    """
     from jef.config.validate import to_plain
 
     slot, module = run.pipeline.backbone, _backbone(run, target)
+    if arch is None:
+        arch = architecture(module, options=slot.options)[0]
     return {
         "format": "jef-backbone/1", "jef_version": jef.__version__, "files": list(files),
         "run": str(run.directory), "step": run.step, "epoch": run.epoch,
@@ -94,6 +103,7 @@ def describe_backbone(run: LoadedRun, *, target: bool = False, files: tuple[str,
         "backbone": {"name": slot.name, "options": to_plain(slot.options), "plugin": str(slot.entry.provenance)},
         "in_channels": run.built.ctx.in_channels, "image_size": run.built.ctx.image_size,
         "out_dim": int(getattr(module, "out_dim", 0)) or None,
+        "architecture": arch,
         **backbone_recipes(slot, module, run.built.ctx.in_channels),
         "input": _input_spec(run),
         "not_exported": ["projector", "predictor",
@@ -126,15 +136,19 @@ def export_backbone(run: LoadedRun, directory: str | Path, *, fmt: str = "safete
         raise ExportError(f"--output {directory} is a file; give a directory to write the backbone into")
     module = _backbone(run, target)
     names = FORMATS[fmt]
-    paths = [directory / name for name in (*names, "backbone.json", "README.md")]
+    arch, source = architecture(module, options=run.pipeline.backbone.options)
+    code = ("backbone.py",) if source is not None else ()
+    paths = [directory / name for name in (*names, *code, "backbone.json", "README.md")]
     if not force and (existing := [str(p) for p in paths if p.exists()]):
         raise ExportError(f"{', '.join(existing)} already exist(s); pass --force to overwrite, or choose another "
                           f"--output directory")
-    for stale in set(FORMATS["both"]) - set(names) if force else ():  # no old weights next to the new ones
+    for stale in {*FORMATS["both"], "backbone.py"} - {*names, *code} if force else ():  # nothing stale is left
         (directory / stale).unlink(missing_ok=True)
     # Own contiguous CPU copies: safetensors refuses tensors that share memory or live on a GPU.
     state = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in module.state_dict().items()}
-    info = describe_backbone(run, target=target, files=names)
+    info = describe_backbone(run, target=target, files=names, arch=arch)
+    if source is not None:
+        atomic_write(directory / "backbone.py", lambda tmp: tmp.write_text(source, encoding="utf-8"))
     if "backbone.safetensors" in names:
         from safetensors.torch import save_file
 
@@ -155,6 +169,8 @@ def torchvision_snippet(info: dict[str, Any]) -> str | None:
 
 
 _WITHOUT_JEF = {
+    "architecture-python": "With PyTorch alone: `backbone.py` defines the network as jef does, importing only torch.",
+    "architecture-timm": "With timm (`pip install timm`): the backbone is a timm model.",
     "timm": "With timm (`pip install timm`): the keys are timm's `VisionTransformer`'s, so it loads them strictly "
             "and computes the same features.",
     "torchvision": "With torchvision alone: the keys renamed to torchvision's `VisionTransformer`'s.",
@@ -169,8 +185,12 @@ def readme_text(info: dict[str, Any]) -> str:
              f"written by jef {info['jef_version']}. Backbone `{backbone['name']}` from {backbone['plugin']}, "
              f"options `{json.dumps(backbone['options'])}`: {info['in_channels']}-channel images to "
              f"{info['out_dim']}-d features. Files: {', '.join(info['files'])} (a plain state_dict), "
-             f"backbone.json (this, as data).", ""]
+             + ("backbone.py (the network's code, torch only), " if (info.get("architecture") or {}).get("file")
+                else "") + "backbone.json (this, as data).", ""]
     code = snippets(info)
+    arch = info.get("architecture") or {}
+    if arch.get("library") in ("python", "timm"):  # a ResNet's: the torchvision code of snippets()
+        code = {f"architecture-{arch['library']}": architecture_snippet(info), **code}
     if len(code) == 1:
         lines += ["## Load it without jef", "", "```python", next(iter(code.values())).rstrip("\n"), "```", ""]
     elif code:
@@ -178,8 +198,8 @@ def readme_text(info: dict[str, Any]) -> str:
         for library, snippet in code.items():
             lines += [_WITHOUT_JEF[library], "", "```python", snippet.rstrip("\n"), "```", ""]
     else:
-        lines += [f"`{backbone['name']}` is not a torchvision or timm model: rebuilding it needs jef and the plugin "
-                  f"that provides it ({backbone['plugin']}).", ""]
+        lines += [f"`{backbone['name']}` is not one of jef's own modules nor a torchvision or timm model: "
+                  f"rebuilding it needs jef and the plugin that provides it ({backbone['plugin']}).", ""]
     if code and info.get("torchvision") is None and info.get("timm"):
         lines += ["torchvision's `VisionTransformer` has neither mean pooling nor layer scale, which this backbone "
                   "uses: load it with timm (or jef).", ""]

@@ -157,8 +157,7 @@ def write_captions(records: list[dict[str, object]], out: str | Path = CAPTIONS_
     out = Path(out)
 
     def write(tmp: Path) -> None:
-        tmp.write_bytes(buffer.getvalue())
-        tmp.chmod(0o644)  # a temporary file is private (0600); package data must be readable by everyone
+        tmp.write_bytes(buffer.getvalue())  # mode 0o666 & ~umask, as atomic_write gives every file
 
     atomic_write(out, write)
     return out

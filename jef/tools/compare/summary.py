@@ -175,9 +175,5 @@ def write_tables(output: Path, summary: Mapping[str, Any]) -> tuple[Path, Path]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically, readable by all (the temporary file starts owner-only): results are shared."""
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o644)
-
-    atomic_write(path, write)
+    """Write ``text`` atomically, with the mode ``open()`` gives (0644 under umask 022; see :mod:`jef.files`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

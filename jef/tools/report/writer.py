@@ -19,11 +19,6 @@ __all__ = ["default_output", "write_report"]
 REPORT_NAME = "report.html"
 
 
-def _readable(path: Path, _: object) -> None:
-    """Make a written file readable by all: a report is for sharing (temporary files start owner-only)."""
-    path.chmod(0o644)
-
-
 def default_output(runs: Sequence[str | Path]) -> Path:
     """``RUN_DIR/report`` for one run, ``./jef-report`` for several."""
     return Path(runs[0]).expanduser() / "report" if len(runs) == 1 else Path("jef-report")
@@ -91,6 +86,6 @@ def write_report(runs: Sequence[str | Path], output: str | Path | None = None, *
 
     output.mkdir(parents=True, exist_ok=True)
     for name, png in files.items():
-        atomic_write(output / name, lambda tmp, png=png: _readable(tmp, tmp.write_bytes(png)))
-    atomic_write(output / REPORT_NAME, lambda tmp: _readable(tmp, tmp.write_text(text, encoding="utf-8")))
+        atomic_write(output / name, lambda tmp, png=png: tmp.write_bytes(png))
+    atomic_write(output / REPORT_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return output / REPORT_NAME
