@@ -116,7 +116,8 @@ def test_train_with_overrides_after_options_prints_knn(tmp_path, capsys):
                            "train.max_steps=2", "eval.knn.baseline=true")
     assert code == 0
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
-    assert re.search(r"kNN top-1 .*: trained \d\.\d{4}   random init \d\.\d{4}", out)
+    assert re.search(r"trained backbone +\d\.\d{4}\n +random-init backbone +\d\.\d{4}\n", out)
+    assert out.rstrip().endswith(f"run directory: {tmp_path / 'run'}")
     with pytest.raises(SystemExit):
         main(["config", "show", str(path), "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -28,8 +28,10 @@ def plugins():
 def test_the_demo_result_line_is_what_jef_train_prints():
     from jef.builtin.commands import format_metrics
 
-    actual = format_metrics({"knn_top1": 0.7285, "knn_top1_random": 0.6835, "loss": 1.0})
-    assert_documented("quickstart.md", "kNN top-1", actual)
+    actual = format_metrics({"knn_top1": 0.7300, "knn_top1_random": 0.6835, "knn_top1_pixels": 0.7770,
+                             "linear_top1": 0.8395, "linear_top1_random": 0.8035, "linear_top1_pixels": 0.8085,
+                             "loss": 1.0}, "runs/demo")
+    assert_documented("quickstart.md", "test accuracy of frozen features", actual)
 
 
 def tiny(overrides, plugins):

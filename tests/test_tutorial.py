@@ -85,7 +85,7 @@ def test_the_pipeline_of_the_page_trains(installed):
         # The page's runs, shortened to three steps each.
         trained = jef(env, root, *command[1:], "train.max_steps=3", "train.progress=false")
         assert trained.returncode == 0, trained.stderr[-3000:]
-        assert re.search(r"kNN top-1 .*: trained \d\.\d{4}   random init \d\.\d{4}", trained.stdout)
+        assert re.search(r"trained backbone +\d\.\d{4}\n +random-init backbone +\d\.\d{4}\n", trained.stdout)
     assert (root / "runs" / "t3" / "checkpoint.pt").is_file()
 
 

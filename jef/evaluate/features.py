@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from jef.config.validate import ConfigError
 from jef.data.fields import as_fields
+from jef.evaluate.progress import progress_bar
 
 __all__ = ["extract_feature_sets", "extract_features", "probe_features"]
 
@@ -92,6 +93,7 @@ def extract_features(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    description: str = "features",
 ) -> tuple[Tensor, Tensor]:
     """Run ``model`` over a dataset and collect its outputs and labels.
 
@@ -111,6 +113,7 @@ def extract_features(
         batch_size: Images per forward pass.
         device: Where the batches go and the model runs.
         num_workers: DataLoader worker processes.
+        description: The progress bar's label (shown as :func:`jef.evaluate.progress.progress_shown` says).
 
     Returns:
         ``(features, labels)``: float32 ``[N, d]`` and int64 ``[N]`` tensors on
@@ -120,7 +123,7 @@ def extract_features(
         ValueError: If the dataset is empty or the model does not return ``[B, d]``.
     """
     (features,), labels = extract_feature_sets(model, dataset, [model], transform, batch_size=batch_size,
-                                               device=device, num_workers=num_workers)
+                                               device=device, num_workers=num_workers, description=description)
     return features, labels
 
 
@@ -133,6 +136,7 @@ def extract_feature_sets(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    description: str = "features",
 ) -> tuple[list[Tensor], Tensor]:
     """:func:`extract_features` with several feature functions of ``model``, all on the same batches.
 
@@ -156,6 +160,7 @@ def extract_feature_sets(
     feats: list[list[Tensor]] = [[] for _ in functions]
     labels: list[Tensor] = []
     model.eval()
+    bar = progress_bar(len(dataset), description, "img")  # type: ignore[arg-type]
     try:
         with torch.no_grad():
             for batch in loader:
@@ -170,7 +175,9 @@ def extract_feature_sets(
                     # float32 so that features from a bf16/fp16 model are comparable downstream.
                     collected.append(out.float())
                 labels.append(torch.as_tensor(targets).to(device=device, dtype=torch.long))
+                bar.update(len(targets))
     finally:
+        bar.close()
         for module, was_training in modes:
             module.training = was_training
     return [torch.cat(collected) for collected in feats], torch.cat(labels)

@@ -42,6 +42,7 @@ from jef.config.validate import ConfigError
 from jef.data.fields import as_fields
 from jef.evaluate.linear import MOMENTUM, cosine_lambda, topk_accuracy
 from jef.config.options import FinetuneOptions
+from jef.evaluate.progress import progress_bar
 
 __all__ = ["FinetuneResult", "finetune", "finetune_optimizer", "finetune_param_groups", "vit_layer"]
 
@@ -237,21 +238,23 @@ def finetune(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(options.epochs * len(train_loader)))
         flips = torch.Generator().manual_seed(seed + 1)
         classifier.train()
-        for _ in range(options.epochs):
-            for batch in train_loader:
-                fields = as_fields(batch)  # a tuple, or a mapping of named fields (image-text data)
-                images, labels = fields["image"], fields["label"]
-                views = transform(images)
-                if options.flip:
-                    views = _flip(views, flips)
-                labels = labels.long()
-                # Summed over labelled images, then averaged: a batch without labels contributes zero.
-                loss = (F.cross_entropy(classifier(views), labels, ignore_index=-1, reduction="sum")
-                        / (labels >= 0).sum().clamp(min=1))
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
+        with progress_bar(options.epochs * len(train_loader), "fine-tuning", "step") as bar:
+            for _ in range(options.epochs):
+                for batch in train_loader:
+                    fields = as_fields(batch)  # a tuple, or a mapping of named fields (image-text data)
+                    images, labels = fields["image"], fields["label"]
+                    views = transform(images)
+                    if options.flip:
+                        views = _flip(views, flips)
+                    labels = labels.long()
+                    # Summed over labelled images, then averaged: a batch without labels contributes zero.
+                    loss = (F.cross_entropy(classifier(views), labels, ignore_index=-1, reduction="sum")
+                            / (labels >= 0).sum().clamp(min=1))
+                    optimizer.zero_grad(set_to_none=True)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    bar.update(1)
         top = _score(accelerator, classifier, test_loader, transform)
     for module, was_training in zip(model.modules(), modes, strict=True):
         module.training = was_training

@@ -192,6 +192,7 @@ def knn_evaluate(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    description: str = "kNN",
 ) -> float:
     """kNN top-1 accuracy of a backbone: train split as the bank, test split as queries.
 
@@ -204,6 +205,7 @@ def knn_evaluate(
         batch_size: Images per forward pass.
         device: Where features are computed and compared.
         num_workers: DataLoader worker processes.
+        description: The label of the feature extraction's progress bars.
 
     Returns:
         Accuracy in ``[0, 1]``.
@@ -213,8 +215,10 @@ def knn_evaluate(
                          f"{splits.name or 'this dataset'} has num_classes={splits.num_classes}, "
                          f"test={'present' if splits.test is not None else 'None'}")
     kwargs = dict(batch_size=batch_size, device=device, num_workers=num_workers)
-    train_x, train_y = extract_features(backbone, splits.train, transform, **kwargs)
-    test_x, test_y = extract_features(backbone, splits.test, transform, **kwargs)
+    train_x, train_y = extract_features(backbone, splits.train, transform, **kwargs,
+                                        description=f"{description}: train features")
+    test_x, test_y = extract_features(backbone, splits.test, transform, **kwargs,
+                                      description=f"{description}: test features")
     # Unlabelled bank samples (label -1, e.g. STL-10's unlabelled part) have no class to vote for.
     keep = train_y >= 0
     train_x, train_y = train_x[keep], train_y[keep]

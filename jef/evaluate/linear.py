@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from jef.config.options import LinearProbeOptions
+from jef.evaluate.progress import progress_bar
 
 __all__ = ["LinearProbeResult", "cosine_lambda", "linear_probe", "topk_accuracy"]
 
@@ -119,14 +120,16 @@ def linear_probe(
     # A CPU generator: the same order on every device.
     generator = torch.Generator().manual_seed(seed)
     head.train()
-    for _ in range(options.epochs):
-        for batch in torch.randperm(len(train_x), generator=generator).to(device).split(options.batch_size):
-            if len(batch) > 1:
-                loss = nn.functional.cross_entropy(head(train_x[batch]), train_y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
+    with progress_bar(options.epochs, "linear probe", "epoch") as bar:
+        for _ in range(options.epochs):
+            for batch in torch.randperm(len(train_x), generator=generator).to(device).split(options.batch_size):
+                if len(batch) > 1:
+                    loss = nn.functional.cross_entropy(head(train_x[batch]), train_y[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+            bar.update(1)
     head.eval()
     with torch.no_grad():
         logits = head(test_features.float().to(device))

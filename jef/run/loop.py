@@ -42,9 +42,10 @@ from jef.run.faults import RunInterrupted, stop_on_signals, sync_point
 from jef.run.launch import check_process_count
 from jef.run.log import MetricsLogger, plugin_listing
 from jef.run.optim import build_optimizer, lr_lambdas
+from jef.run.progress import TrainProgress
 from jef.run.sampler import EpochSampler
 from jef.run.state import Run, run_plugins
-from jef.run.terms import EpochTerms, on_host
+from jef.run.terms import EpochTerms, log_record
 
 __all__ = ["Run", "train"]
 
@@ -140,9 +141,8 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator,
     with run_plugins(plugins, objects, pipeline) as hook:
         hook.jef_run_start(run=run)
         name = pipeline.method.name if pipeline.method else "pipeline"
-        bar = tqdm(total=total, initial=run.step, desc=f"train {name}", unit="step",
-                   disable=not (options.progress and accelerator.is_main_process),
-                   mininterval=0.5)
+        bar = TrainProgress(name, total, run.step, per_epoch,
+                            enabled=options.progress and accelerator.is_main_process)
         with stop_on_signals(run) as received:  # stops after the step, on every process
             try:
                 while run.step < total and not run.stopping:
@@ -164,6 +164,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator,
                        f"saved in {directory}", file=sys.stderr)
         hook.jef_run_end(run=run, metrics=metrics)  # evaluation adds its results here
         logger.write(run.step, {f"final/{k}": v for k, v in metrics.items()})
+        bar.print_summary(run.step, directory)
     accelerator.wait_for_everyone()  # none tears the group down while another still uses it
     accelerator.end_training()  # the claim closes the logger, however the run ends
     return metrics
@@ -178,7 +179,7 @@ def _end_epoch(run: Run, hook: Any, logger: MetricsLogger, terms: dict[str, floa
         save_run(run)
 
 
-def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogger,
+def _train_epoch(run: Run, loader: Any, hook: Any, bar: TrainProgress, logger: MetricsLogger,
                  total: int) -> tuple[dict[str, float], bool]:
     """Train until the epoch ends or the run's steps are done.
 
@@ -197,7 +198,7 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
         batches = accelerator.skip_first_batches(loader, run.batch_in_epoch)
         batches.set_epoch(run.epoch)
     epoch_terms, step = EpochTerms(), Accumulation(run)
-    started, images = time.perf_counter(), 0
+    started, images, step_images = time.perf_counter(), 0, 0
     for batch in batches:
         with accelerator.accumulate(run.model):
             step.start()
@@ -217,7 +218,8 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
                     run.scheduler.step()  # skipped steps count: the schedule keeps its length
             run.optimizer.zero_grad(set_to_none=True)
         run.batch_in_epoch += 1
-        images += batch_size(batch) * run.ctx.world_size
+        images += (batch_images := batch_size(batch) * run.ctx.world_size)
+        step_images += batch_images
         terms = step.terms
         if terms is None:  # a micro-batch, not the step's last
             continue
@@ -228,19 +230,14 @@ def _train_epoch(run: Run, loader: Any, hook: Any, bar: Any, logger: MetricsLogg
             epoch_terms.add(terms)
         if options.checkpoint_every_steps and run.step % options.checkpoint_every_steps == 0:
             save_run(run)
-        bar.update(1)
+        rate = images / max(time.perf_counter() - started, 1e-9)
+        bar.step(run.epoch, step_images, rate)
+        step_images = 0
         if run.step % options.log_every == 0 or run.step == total:
             sync_point(run)
-            rate = images / max(time.perf_counter() - started, 1e-9)
-            record = {**(terms.floats() if step.update else {}),
-                      "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate,
-                      "epoch": run.epoch, **on_host(run.pending)}
-            if options.optimizer.final_weight_decay is not None:  # train.optimizer's schedule
-                record["weight_decay"] = max(g["weight_decay"] for g in run.optimizer.param_groups)
-            run.pending.clear()
+            record = log_record(run, terms if step.update else None, rate)
             logger.write(run.step, record)
-            bar.set_postfix(epoch=run.epoch, loss=f"{record.get('loss', float('nan')):.4f}",
-                            img_s=f"{rate:.0f}")
+            bar.logged(record)
         # Alone, a stop requested by a plugin stops now; with several processes, at a sync point.
         run.stopping = run.stopping or bool(run.stop_reason) and run.ctx.world_size == 1
         if run.step >= total or run.stopping:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from jef.components import StepResult
 
-__all__ = ["EpochTerms", "StepTerms", "on_host", "step_terms"]
+__all__ = ["EpochTerms", "StepTerms", "log_record", "on_host", "step_terms"]
 
 
 class StepTerms(Mapping[str, float]):
@@ -106,3 +106,15 @@ class EpochTerms:
 def on_host(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """``metrics`` with every tensor read as a float (a sync each: call it at log steps only)."""
     return {k: float(v.item()) if isinstance(v, Tensor) else v for k, v in metrics.items()}
+
+
+def log_record(run: Any, terms: StepTerms | None, images_per_s: float) -> dict[str, Any]:
+    """A log step's line of ``metrics.jsonl``: the step's terms (None: a skipped step), lr, throughput, epoch,
+    the values plugins left in ``run.pending`` (which it empties) and, when ``train.optimizer`` schedules it, the
+    weight decay."""
+    record = {**(terms.floats() if terms is not None else {}), "lr": run.scheduler.get_last_lr()[0],
+              "images_per_s": images_per_s, "epoch": run.epoch, **on_host(run.pending)}
+    if run.pipeline.train.optimizer.final_weight_decay is not None:
+        record["weight_decay"] = max(group["weight_decay"] for group in run.optimizer.param_groups)
+    run.pending.clear()
+    return record
