@@ -232,21 +232,54 @@ def test_the_examples_are_found():
 # -- the site ----------------------------------------------------------------------------
 
 
+def page_html(site: Path, page: str) -> Path:
+    """The built page ``page`` (``reference/hooks``): ``page.html`` (``use_directory_urls: false``) or ``page/index.html``."""
+    flat = site / f"{page}.html"
+    return flat if flat.is_file() else site / page / "index.html"
+
+
 def test_mkdocs_build_strict(site):
     assert (site / "index.html").is_file()
+
+
+def test_the_site_works_from_disk(site):
+    """``use_directory_urls: false``: pages are ``page.html``, and index.html links to them by that name, so
+    ``site/index.html`` opened as a file (no web server) navigates."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8").replace("!relative", ""))
+    assert config.get("use_directory_urls") is False
+    assert (site / "quickstart.html").is_file() and (site / "reference" / "hooks.html").is_file()
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert 'href="quickstart.html"' in index and 'href="quickstart/"' not in index
+
+
+#: Longest line a fenced code block of docs/*.md may have when the site's CSS does not wrap code.
+CODE_COLUMNS = 100
+
+
+def test_long_code_lines_wrap_or_fit():
+    """Code blocks wrap (docs/stylesheets/extra.css, in mkdocs.yml's extra_css), or no line is over CODE_COLUMNS."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8").replace("!relative", ""))
+    css = DOCS / "stylesheets" / "extra.css"
+    wraps = ("stylesheets/extra.css" in (config.get("extra_css") or []) and css.is_file()
+             and re.search(r"pre\s*>\s*code\s*\{[^}]*white-space:\s*pre-wrap", css.read_text(encoding="utf-8")))
+    if wraps:
+        return
+    long = [f"{block.id}: {len(line)} columns" for path in sorted(DOCS.rglob("*.md")) for block in read_blocks(path)
+            for line in block.text.split("\n") if len(line) > CODE_COLUMNS]
+    assert not long, f"code lines over {CODE_COLUMNS} columns and no CSS that wraps them: {long}"
 
 
 def test_every_hook_has_a_section_in_the_hook_reference(site):
     from jef import hookspecs
 
-    html = (site / "reference" / "hooks" / "index.html").read_text(encoding="utf-8")
+    html = (page_html(site, "reference/hooks")).read_text(encoding="utf-8")
     hooks = sorted(name for name in dir(hookspecs) if name.startswith("jef_"))
     missing = [name for name in hooks if f'id="jef.hookspecs.{name}"' not in html]
     assert not missing, f"hooks without a section in the hook reference: {missing}"
 
 
 def test_every_component_is_in_the_component_reference(site, plugins, hooks_module):
-    html = (site / "reference" / "components" / "index.html").read_text(encoding="utf-8")
+    html = (page_html(site, "reference/components")).read_text(encoding="utf-8")
     entries = [e for e in plugins.registry.entries() if e.kind != "command"]
     assert entries
     names = [(e.kind, e.name) for e in entries]
@@ -260,7 +293,7 @@ def test_every_component_is_in_the_component_reference(site, plugins, hooks_modu
 
 
 def test_every_command_is_in_the_cli_reference(site, plugins):
-    html = (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
+    html = (page_html(site, "reference/cli")).read_text(encoding="utf-8")
     missing = [e.name for e in plugins.registry.entries("command")
                if f'id="jef-{e.name}"' not in html or f"usage: jef {e.name}" not in html]
     assert not missing, f"commands missing from the CLI reference: {missing}"
@@ -268,7 +301,7 @@ def test_every_command_is_in_the_cli_reference(site, plugins):
 
 def test_the_recipe_on_the_simclr_page_is_the_plugins_file(site):
     recipe = (ROOT / "plugins/jef-plugin-simclr/jef_plugin_simclr/recipe.yaml").read_text(encoding="utf-8")
-    html = (site / "methods" / "simclr" / "index.html").read_text(encoding="utf-8")
+    html = (page_html(site, "methods/simclr")).read_text(encoding="utf-8")
     text = re.sub(r"<[^>]+>", "", html)
     assert "name: scaled_cosine" in text and recipe.splitlines()[0][:40] in text.replace("&#39;", "'")
 
