@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from jef import hookimpl
 from jef.builtin.loggers import CSV_NAME, CsvLogger, flat_hparams, metric_tag
 from jef.config import ConfigError
 from jef.registry import BuildError
-from jef.testing import tiny_run
+from jef.testing import fresh_plugins, tiny_run
 
 #: Two epochs of two steps each (the tiny data's 32 images at batch 16), a line per step, the final evaluation.
 TWO_EPOCHS = {"train": {"epochs": 2, "tensorboard": True, "log_every": 1}, "data": {"train_size": 32},
@@ -219,3 +220,56 @@ def test_mlflow_file_store_holds_every_step_the_params_and_the_final_metrics(tmp
     assert run.data.metrics["eval/knn_top1"] == pytest.approx(
         next(line["final/knn_top1"] for line in jsonl(run_dir) if "final/knn_top1" in line))
     assert {"train/lr", "train/epoch", "epoch/loss", "loss/info_nce"} <= set(run.data.metrics)
+
+
+class RecordingLogger:
+    """A third-party logger: keeps every call, so the protocol's order and arguments can be checked."""
+
+    calls: list = []
+
+    def __init__(self, options, ctx):
+        self.calls.append(("init", ctx.rank))
+
+    def loss_terms(self, names):
+        self.calls.append(("loss_terms", sorted(names)))
+
+    def open(self, directory, resumed_from):
+        self.calls.append(("open", directory.name, resumed_from))
+
+    def write(self, step, metrics):
+        self.calls.append(("write", step, sorted(metrics)))
+
+    def hparams(self, pipeline, metrics):
+        self.calls.append(("hparams", pipeline["train"]["max_steps"], sorted(metrics)))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+class RecordingLoggerPlugin:
+    @hookimpl
+    def jef_register_loggers(self, register):
+        register("recording", RecordingLogger, description="keeps every call (tests)")
+
+
+def test_a_plugin_logger_gets_the_protocol_in_order_and_a_resumed_run_says_where_it_restarts(tmp_path):
+    plugins = fresh_plugins(RecordingLoggerPlugin())
+    run_dir = tmp_path / "run"
+    pipeline = {"loggers": [{"name": "recording"}, {"name": "csv"}], "functionals": [{"name": "info_nce"}]}
+    RecordingLogger.calls = []
+    tiny_run(pipeline, steps=2, run_dir=run_dir, plugins=plugins)
+    first = RecordingLogger.calls
+    assert first[:3] == [("init", 0), ("loss_terms", ["info_nce"]), ("open", "run", None)]
+    assert first[-2][0] == "hparams" and first[-2][1] == 2 and "knn_top1" in first[-2][2]
+    assert first[-1] == ("close",)
+    writes = [call for call in first if call[0] == "write"]
+    assert [call[1] for call in writes] == [line["step"] for line in jsonl(run_dir)]
+
+    RecordingLogger.calls = []
+    tiny_run(pipeline, steps=4, run_dir=run_dir, plugins=plugins, resume=True)  # two more steps
+    assert RecordingLogger.calls[2] == ("open", "run", 2)
+    with (run_dir / CSV_NAME).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # The csv holds one history, as metrics.jsonl does: the resumed part follows what was kept.
+    assert [int(row["step"]) for row in rows] == [line["step"] for line in jsonl(run_dir)]
+    assert [int(row["step"]) for row in rows if row["loss"]] == [1, 2, 3, 4]

@@ -44,7 +44,9 @@ def test_firstresult_hooks_say_so():
             assert "Stops at the first non-None result" in getattr(hookspecs, name).__doc__
 
 
-BUDGETS = {"jef/hookspecs.py": 300, "jef/plugins.py": 200, "jef/run/loop.py": 250}
+#: The hook reference stays short enough to read: 300 lines a file of jef/hookspecs/ (one per hook family).
+BUDGETS = {**{str(path.relative_to(ROOT)): 300 for path in sorted((ROOT / "jef/hookspecs").glob("*.py"))},
+           "jef/plugins.py": 200, "jef/run/loop.py": 250}
 
 
 @pytest.mark.parametrize("path,limit", sorted(BUDGETS.items()))

@@ -50,9 +50,10 @@ def test_jef_run_is_the_run_package_and_trains_when_called(monkeypatch):
     import jef.run.loop
 
     calls = []
-    monkeypatch.setattr(jef.run, "train", lambda pipeline, **kwargs: calls.append((pipeline, kwargs)) or {"x": 1.0})
-    assert jef.run("pipeline", cpu=True) == {"x": 1.0}
-    assert calls == [("pipeline", {"cpu": True})]
+    monkeypatch.setattr(jef.run, "run_pipeline",
+                        lambda pipeline, overrides, **kwargs: calls.append((pipeline, overrides, kwargs)) or {"x": 1.0})
+    assert jef.run("pipeline.yaml", ["seed=1"], cpu=True) == {"x": 1.0}
+    assert calls == [("pipeline.yaml", ["seed=1"], {"cpu": True})]
     assert jef.run.loop.train.__module__ == "jef.run.loop"
 
 

@@ -26,7 +26,6 @@ import functools
 import io
 import math
 import os
-import re
 import shutil
 import tempfile
 import types
@@ -49,6 +48,7 @@ from jef.builtin.targets import EmaTargetOptions as TargetOptions
 from jef.config.options import EvalOptions, TrainOptions
 from jef.model.build import build
 from jef.plugins import load_plugins
+from jef.config.overrides import override_source
 from jef.config.validate import ConfigError
 from jef.registry import BuildError
 
@@ -101,15 +101,15 @@ def load(raw: bytes | str, overrides: tuple[str, ...] = ()) -> Any:
     try:
         return load_pipeline(path, list(overrides), registry=registry())
     except ConfigError as error:
-        assert_clear(str(error), path)
+        assert_clear(str(error), path, overrides)
         return error
 
 
-def assert_clear(message: str, path: Path) -> None:
-    """A message a user can act on: who is to blame first (the file, or the command line's override), a reason, no
-    Python internals, a readable length."""
-    prefix = re.match(r"command line override '[^']*': ", message)
-    prefix = prefix.group(0) if prefix else f"{path}: "
+def assert_clear(message: str, path: Path, overrides: tuple[str, ...] = ()) -> None:
+    """A message a user can act on: who is to blame first (the file, or one of the command line's overrides), a
+    reason, no Python internals, a readable length."""
+    blamed = [f"{override_source(o)}: " for o in overrides if message.startswith(f"{override_source(o)}: ")]
+    prefix = blamed[0] if blamed else f"{path}: "
     assert message.startswith(prefix), message
     assert message[len(prefix):].strip(), message
     assert "Traceback" not in message and "File \"" not in message, message

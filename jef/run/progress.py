@@ -56,6 +56,7 @@ class TrainProgress:
         self.images = 0
         self.trained: float | None = None  # when training ended (close), before the evaluation
         self.loss: float | None = None
+        self.shown_epoch: int | None = None
         self.bar = tqdm(total=total, initial=done, desc=f"train {name}", unit="step", disable=not enabled,
                         mininterval=0.5, dynamic_ncols=True)
 
@@ -65,9 +66,13 @@ class TrainProgress:
         if not self.enabled:
             return
         loss = "" if self.loss is None or not math.isfinite(self.loss) else f", loss {self.loss:.4f}"
-        self.bar.set_postfix_str(f"epoch {min(epoch + 1, self.epochs)}/{self.epochs}, {epoch_rate:,.0f} img/s{loss}",
+        shown = min(epoch + 1, self.epochs)
+        self.bar.set_postfix_str(f"epoch {shown}/{self.epochs}, {epoch_rate:,.0f} img/s{loss}",
                                  refresh=False)  # update() redraws, at most every mininterval
         self.bar.update(1)
+        if shown != self.shown_epoch:  # each epoch is drawn at its first step, however short it is
+            self.shown_epoch = shown
+            self.bar.refresh()
 
     def logged(self, record: dict[str, Any]) -> None:
         """A log step's record: its loss is what the bar shows until the next log step."""
