@@ -1,45 +1,39 @@
-"""Throughput of jef's batched ``views`` augmenter against per-image torchvision pipelines, on the CPU.
+"""Throughput of jef's batched ``views`` augmenter against per-image torchvision pipelines, on a CPU or a GPU.
 
-Every pipeline makes the same two views of each image with the same
-semantics and probabilities, from uint8 images, ending in normalised float32
-tensors stacked into a batch:
+Every pipeline makes the same two views of each image with the same semantics and probabilities,
+from uint8 images, ending in normalised float32 tensors stacked into a batch:
 
-* ``jef``: :class:`jef.augment.ViewsAugmenter` on a whole uint8 batch
-  ``[B, C, H, W]``, as configured by default (``cpu_backend: auto``: the
-  fused numba kernels when numba is installed, else the eager operations).
-* ``jef-eager`` (when numba is installed): the same with ``cpu_backend:
-  torch``, one vectorised torch kernel per operation.
-* ``tv-tensor``: ``torchvision.transforms.v2`` applied image by image to uint8
-  tensors ``[C, H, W]``, twice per image, then stacked as a ``DataLoader``'s
-  default collate would: what a dataset's ``__getitem__`` does per sample.
-* ``tv-pil`` (``--pil``): the same on PIL images, with PIL's blur and
-  solarisation and ``ToImage``/``ToDtype`` at the end, as lightly's
-  transforms do (they are torchvision's on PIL images plus PIL filters).
+* ``jef``: :class:`jef.augment.ViewsAugmenter` on a whole uint8 batch ``[B, C, H, W]``, as configured by
+  default (``cpu_backend: auto``: the fused numba kernels when numba is installed, else the eager operations).
+* ``jef-eager`` (when numba is installed): the same with ``cpu_backend: torch``, one torch kernel per operation.
+* ``tv-tensor``: ``torchvision.transforms.v2`` applied image by image to uint8 tensors ``[C, H, W]``, twice per
+  image, then stacked as a ``DataLoader``'s default collate would: what a dataset's ``__getitem__`` does.
+* ``tv-pil`` (``--pil``): the same on PIL images, with PIL's blur and solarisation and ``ToImage``/``ToDtype``
+  at the end, as lightly's transforms do (they are torchvision's on PIL images plus PIL filters).
 
-Two recipes: ``simclr`` (SimCLR's views: random resized crop with scale
-(0.08, 1), flip 0.5, colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8,
-grayscale 0.2) and ``byol`` (BYOL's asymmetric views: saturation 0.2, blur
-p = (1.0, 0.1) with sigma in (0.1, 2) and a kernel 10% of the view side,
-solarisation p = (0, 0.2)): blur and solarisation are the expensive
-operations. Each size is a (view side, source side) pair: ``32:32``
-(CIFAR-like) and ``224:256`` (ImageNet-like). Sources are seeded uniform
-random uint8 RGB images (the cost of these operations does not depend on the
-content).
+Two recipes: ``simclr`` (SimCLR's views: random resized crop with scale (0.08, 1), flip 0.5, colour jitter
+(0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale 0.2) and ``byol`` (BYOL's asymmetric views: saturation 0.2, blur
+p = (1.0, 0.1) with sigma in (0.1, 2) and a kernel 10% of the view side, solarisation p = (0, 0.2)): blur and
+solarisation are the expensive operations. Each size is a (view side, source side) pair: ``32:32`` (CIFAR-like)
+and ``224:256`` (ImageNet-like). Sources are seeded uniform random uint8 RGB images (the cost of these
+operations does not depend on the content).
 
-Throughput is images per second (views produced per second / 2), each
-measurement timing ``--images`` images (``--batch`` per jef call, the same
-images one by one for torchvision) after one warm-up; pipelines are
-interleaved within each of ``--repeats`` rounds and the median is reported,
-with the ratio jef / per-image of the medians. Everything runs in this one
-process with ``torch.set_num_threads`` fixed for each thread count (it sets
-the OpenMP pool too), so both sides use the same cores; a DataLoader with ``W`` workers would give the
-per-image pipelines at most ``W`` times their single-process rate.
+Throughput is images per second (views per second / 2), each measurement
+timing ``--images`` images (``--batch`` per jef call, the same images one by
+one for torchvision) after one warm-up; pipelines are interleaved within each
+of ``--repeats`` rounds and the median is reported, with the ratio jef /
+per-image of the medians. Everything runs in this one process with
+``torch.set_num_threads`` fixed per thread count (the OpenMP pool too), so
+both sides use the same cores; a DataLoader with ``W`` workers would give the per-image pipelines at most
+``W`` times their single-process rate. With ``--device cuda`` the sources sit on the GPU and jef and
+``tv-tensor`` run there (a timing ends with a synchronisation); ``tv-pil``, ``jef-eager``: CPU only.
 
 Usage (from the repository root)::
 
     python benchmarks/augment_throughput.py                       # defaults, about 2 minutes on 2 cores
     python benchmarks/augment_throughput.py --sizes 32:32 --threads 1 --repeats 9 --pil
     python benchmarks/augment_throughput.py --sizes 224:256 --batch 128 --images 256 --recipes byol
+    python benchmarks/augment_throughput.py --device cuda --sizes 224:256 --batch 256 --images 512 --threads 1
 """
 
 from __future__ import annotations
@@ -166,11 +160,14 @@ def measure(args: argparse.Namespace) -> list[dict]:
     from PIL import Image
 
     rows = []
-    pipelines = [p for p in PIPELINES if (p != "tv-pil" or args.pil) and (p != "jef-eager" or fused_available())]
+    pipelines = [p for p in PIPELINES if (p != "tv-pil" or args.pil) and (p != "jef-eager" or eager_timed(args))]
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # a timing ends when the GPU is done
     for size, source in args.sizes:
         g = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (args.images, 3, source, source), dtype=torch.uint8, generator=g)
-        pil_images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images] if args.pil else []
+        cpu_images, images = images, images.to(device)
+        pil_images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in cpu_images] if args.pil else []
         tail = (len(images) - 1) % args.batch + 1
         for recipe in args.recipes:
             runs = {"jef": (jef_pipeline(recipe, size, args.batch), images),
@@ -187,8 +184,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 for _ in range(args.repeats):
                     for name in pipelines:
                         run, data = runs[name]
+                        sync()
                         start = time.perf_counter()
                         views = run(data)
+                        sync()
                         times[name].append(time.perf_counter() - start)
                         check_views(views, tail, size)
                 rate = {name: args.images / statistics.median(t) for name, t in times.items()}
@@ -207,8 +206,15 @@ def fused_available() -> bool:
     return cpu_kernels.available()
 
 
-def backend_line() -> str:
-    """What ``cpu_backend: auto`` runs on this machine."""
+def eager_timed(args: argparse.Namespace) -> bool:
+    """Whether ``jef-eager`` is timed: on a CPU with numba (on a GPU jef runs its eager ops anyway)."""
+    return args.device == "cpu" and fused_available()
+
+
+def backend_line(args: argparse.Namespace) -> str:
+    """What ``cpu_backend: auto`` runs on this machine, or the GPU both sides run on."""
+    if args.device == "cuda":
+        return f"Device: {torch.cuda.get_device_name()}: jef and torchvision (uint8 tensors) on the GPU"
     if not fused_available():
         return "jef: eager torch operations (numba not installed)"
     import numba
@@ -219,7 +225,7 @@ def backend_line() -> str:
 def table(rows: list[dict], args: argparse.Namespace, started: str, load_before: str) -> str:
     """The markdown report: header lines then one row per cell."""
     pil = args.pil
-    eager = fused_available()
+    eager = eager_timed(args)
     lines = [
         f"Command: `{shlex.join(['python', *sys.argv])}`  ",
         f"Date: {started}  ",
@@ -227,7 +233,7 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, load_before:
         f"Load average (1/5/15 min): {load_before} before, {load_average()} after  ",
         f"Threads: `torch.set_num_threads` per row (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
         f"{args.images} images per timing, jef batch {args.batch}, median of {args.repeats} interleaved repeats  ",
-        backend_line(),
+        backend_line(args),
         "",
         "| view px | source px | recipe | threads | jef img/s |" + (" jef eager img/s |" if eager else "")
         + " torchvision tensor img/s | jef ÷ tensor |" + (" torchvision PIL img/s | jef ÷ PIL |" if pil else ""),
@@ -266,10 +272,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="images per timing (default: 2 batches at <= 64 px, 1 batch else)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timings per cell; the median is kept")
     parser.add_argument("--pil", action="store_true", help="also time the per-image pipeline on PIL images")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the sources and views live")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.device == "cuda" and (args.pil or not torch.cuda.is_available()):
+        parser.error("--device cuda needs a CUDA device, and --pil (PIL images are on the CPU) does not apply")
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_before = load_average()
     reports = []

@@ -46,13 +46,17 @@ class BenchResNet(nn.Module):
     ``w, 2w, 4w, 8w`` (strides 1, 2, 2, 2), global average pooling; ``out_dim = 8w``.
 
     ``width=64, blocks=(2, 2, 2, 2)`` is ResNet-18's CIFAR variant; the script's defaults (width 8, one block per
-    stage) make a method's run a few minutes on two CPU cores.
+    stage) make a method's run a few minutes on two CPU cores. ``stem="imagenet"`` is ResNet's own stem (7x7
+    stride-2 conv, 3x3 stride-2 max-pool), for 224-pixel views: with it and ``width=64`` this is ResNet-18.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 8, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 8, blocks: tuple[int, ...] = (2, 2, 2, 2),
+                 stem: str = "small") -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True))
+        first = (nn.Conv2d(in_channels, width, 3, 1, 1, bias=False) if stem == "small"
+                 else nn.Conv2d(in_channels, width, 7, 2, 3, bias=False))
+        pool = [] if stem == "small" else [nn.MaxPool2d(3, 2, 1)]
+        self.stem = nn.Sequential(first, nn.BatchNorm2d(width), nn.ReLU(inplace=True), *pool)
         layers, cin = [], width
         for i, n in enumerate(blocks):
             cout = width * 2 ** i
@@ -81,7 +85,7 @@ def make_backbone(cfg: dict[str, Any]) -> BenchResNet:
     """The backbone both frameworks train, with weights drawn from ``cfg['seed']`` alone (same start for both)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(10_000 + cfg["seed"])
-        return BenchResNet(1, cfg["width"], tuple(cfg["blocks"]))
+        return BenchResNet(1, cfg["width"], tuple(cfg["blocks"]), cfg.get("stem", "small"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -131,13 +135,17 @@ class _JefBench:
 # --------------------------------------------------------------------------------------------------------------
 
 def load_arrays(cfg: dict[str, Any]) -> dict[str, Tensor]:
+    from jef.data.bundled import load_bundle
     from jef.data.fashion import find_fashion_files, load_fashion_split
 
-    files = find_fashion_files(None)
+    # fashion_mnist_mini: the 12k images bundled with jef, for machines without the IDX files (no network)
+    bundle = load_bundle() if cfg.get("data") == "fashion_mnist_mini" else None
+    files = None if bundle else find_fashion_files(None)
     out = {}
     for split, n in (("train", cfg["subset_train"]), ("test", cfg["subset_test"])):
-        x, y = load_fashion_split(files, split)
-        out[f"x_{split}"], out[f"y_{split}"] = torch.from_numpy(x[:n].copy()), torch.from_numpy(y[:n].copy())
+        x, y = (bundle[f"x_{split}"], bundle[f"y_{split}"]) if bundle else load_fashion_split(files, split)
+        out[f"x_{split}"] = torch.from_numpy(x[:n].copy())
+        out[f"y_{split}"] = torch.from_numpy(y[:n].astype("int64"))
     return out
 
 
@@ -148,18 +156,24 @@ def normalisation(pipeline) -> tuple[float, float]:
 
 def evaluate(backbone: nn.Module, arrays: dict[str, Tensor], pipeline, cfg: dict[str, Any],
              device: torch.device) -> dict[str, float]:
-    """kNN (k=200, T=0.1) and linear-probe top-1 of frozen features: centre view (the whole 28x28 image),
-    scaled to [0, 1] and normalised as the training views; the training subset is the bank / probe set."""
+    """kNN (k=200, T=0.1) and linear-probe top-1 of frozen features: centre view (the whole 28x28 image,
+    resized to the views' side with ``--image-size``), scaled to [0, 1] and normalised as the training views;
+    the training subset is the bank / probe set."""
     from jef.evaluate import knn_top1, linear_probe
     from jef.config.options import LinearProbeOptions
 
     mean, std = normalisation(pipeline)
+    side = cfg.get("image_size") or 28
+
+    def centre(x: Tensor) -> Tensor:  # the model trained on views of this side: it is scored at that side
+        x = ((x[:, None].float() / 255 - mean) / std).to(device)
+        return x if side == 28 else F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
     backbone.eval()
     feats = {}
     with torch.no_grad():
         for split in ("train", "test"):
-            chunks = [backbone(((x[:, None].float() / 255 - mean) / std).to(device)).float()
-                      for x in arrays[f"x_{split}"].split(512)]
+            chunks = [backbone(centre(x)).float() for x in arrays[f"x_{split}"].split(256)]
             feats[split] = torch.cat(chunks)
     ytr, yte = arrays["y_train"].to(device), arrays["y_test"].to(device)
     knn = knn_top1(feats["train"], ytr, feats["test"], yte, num_classes=10, k=200, temperature=0.1)
@@ -190,8 +204,8 @@ def fixed_views(pipeline, arrays: dict[str, Tensor], cfg: dict[str, Any], device
     from jef.augment.views import ViewsAugmenter
 
     aug = ViewsAugmenter(pipeline.augmenter.options, in_channels=1, image_size=28)
-    images = arrays["x_train"][:cfg["batch_size"], None]
-    return [v.to(device) for v in aug(images, generator=torch.Generator().manual_seed(cfg["seed"]))]
+    images = arrays["x_train"][:cfg["batch_size"], None].to(device)  # made where they are used (a GPU: no numba JIT)
+    return list(aug(images, generator=torch.Generator().manual_seed(cfg["seed"])))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -230,7 +244,7 @@ def _resolve(cfg: dict[str, Any], plugins, resolve):  # noqa: ANN001, ANN202
     method = cfg["method"]
     user: dict[str, Any] = {
         "method": JEF_RECIPES.get(method, method), "seed": cfg["seed"],
-        "data": {"name": "fashion_mnist", "subset_train": cfg["subset_train"], "subset_test": 1},
+        "data": {"name": cfg.get("data", "fashion_mnist"), "subset_train": cfg["subset_train"], "subset_test": 1},
         "backbone": {"name": "bench_resnet"},
         "monitors": [],  # lightly has none; jef's default collapse monitor is left out for identical work
         "train": {"epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "progress": False,
@@ -238,6 +252,8 @@ def _resolve(cfg: dict[str, Any], plugins, resolve):  # noqa: ANN001, ANN202
                   "checkpoint_every": 1_000_000, "precision": cfg["precision"]},
         "eval": {"knn": {"enabled": False}},
     }
+    if cfg.get("image_size"):  # views of this side from the 28-pixel sources (lightly's transform reads it too)
+        user["augmenter"] = {"size": cfg["image_size"]}
     pipeline = resolve(user, [], registry=plugins.registry)
     overrides = []
     warmup = pipeline.train.scheduler.warmup_epochs

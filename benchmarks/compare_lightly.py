@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--width", type=int, default=8, help="backbone width (64 with --blocks 2 2 2 2: ResNet-18)")
     p.add_argument("--blocks", nargs=4, type=int, default=[1, 1, 1, 1], help="basic blocks per stage")
+    p.add_argument("--stem", choices=["small", "imagenet"], default="small",
+                   help="backbone stem: 3x3 stride 1 (28 px views) or ResNet's 7x7 stride 2 + max-pool (224 px)")
+    p.add_argument("--image-size", type=int, default=0,
+                   help="side of the views, resized from the 28 px uint8 images in memory (0: 28)")
+    p.add_argument("--data", choices=["fashion_mnist", "fashion_mnist_mini"], default="fashion_mnist",
+                   help="fashion_mnist_mini: the 10k training images bundled with jef (no IDX files needed)")
     p.add_argument("--queue", type=int, default=4096, help="MoCo v2 queue length")
     p.add_argument("--probe-epochs", type=int, default=100)
     p.add_argument("--threads", type=int, default=2, help="torch threads of each training process")
@@ -131,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(markdown(report, args))
         return report
     base = {k: getattr(args, k) for k in ("epochs", "steps", "subset_train", "subset_test", "batch_size", "width",
-                                           "blocks", "queue", "probe_epochs", "threads", "workers", "device",
-                                           "precision", "warmup_steps", "window", "jef_override",
-                                           "jef_backbone_chunks")}
+                                           "blocks", "stem", "image_size", "data", "queue", "probe_epochs",
+                                           "threads", "workers", "device", "precision", "warmup_steps", "window",
+                                           "jef_override", "jef_backbone_chunks")}
     command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}", Path(sys.executable).name,
                         *sys.argv])
     header = {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),

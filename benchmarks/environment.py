@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,3 +34,18 @@ def load_average() -> str:
         return ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "unknown"
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that made a table, as a reader would type it: ``python benchmarks/SCRIPT ARGS``."""
+    import sys
+
+    return " ".join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def emit(lines: list[str], out: Any) -> None:
+    """Print a table's lines, and write them to ``out`` (a path) too when one is given."""
+    table = "\n".join(lines)
+    print(table)
+    if out:
+        Path(out).write_text(table + "\n", encoding="utf-8")

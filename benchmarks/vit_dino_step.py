@@ -29,10 +29,8 @@ import contextlib
 import copy
 import datetime
 import math
-import statistics
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this file is loaded
 from environment import load_average, machine  # noqa: E402
+from timing import bare_backbone_step, build_with_views, interleaved, jef_model_step, timed_block  # noqa: E402
 
 
 def _has(obj: Any, hook: str) -> bool:
@@ -51,9 +50,7 @@ class Bench:
     """The DINO model built by jef, a copy of its backbone, the fixed views and the two steps."""
 
     def __init__(self, args: argparse.Namespace, directory: Path) -> None:
-        from jef.components import RunContext
         from jef.config import resolve
-        from jef.model.build import build, build_data
         from jef.plugins import load_plugins
         from jef.run.optim import build_optimizer, lr_lambdas
 
@@ -69,15 +66,9 @@ class Bench:
             "eval": {"knn": {"enabled": False}}, "monitors": [],
         }
         pipeline = resolve(settings, source="<vit_dino_step>", registry=plugins.registry)
-        total = 10 ** 7  # the schedules' length: long enough never to end here
-        ctx = RunContext(seed=0, device=args.device, world_size=1, rank=0, batch_size=batch,
-                         global_batch_size=batch, epochs=pipeline.train.epochs, precision=args.precision,
-                         run_dir=directory, steps_per_epoch=1, total_steps=total)
-        splits = build_data(pipeline, ctx)
-        torch.manual_seed(0)
-        built = build(pipeline, ctx, splits)
-        images = torch.stack([splits.train[i][0] for i in range(batch)])
-        views = built.augmenter(images, generator=torch.Generator().manual_seed(0))
+        total = 10 ** 7
+        built, views = build_with_views(pipeline, batch=batch, device=args.device, precision=args.precision,
+                                        run_dir=directory)
         self.views = [v.contiguous().to(self.device) for v in views]
         self.model = built.model.to(self.device).train()
         self.bare = copy.deepcopy(self.model.backbone)  # the same ViT-S/16, before any step
@@ -104,39 +95,14 @@ class Bench:
             torch.cuda.synchronize()
 
     def dino_step(self) -> torch.Tensor:
-        with self.autocast:
-            loss, terms, outputs = self.model(self.views)
-        loss.backward()
-        for c in self.after_backward:  # the frozen last layer (not at epoch 1)
-            c.jef_after_backward(run=self.run)
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.run.step += 1
-        for c in self.step_end:  # the EMA teacher; the centring logs its temperature
-            c.jef_step_end(run=self.run, outputs=outputs, terms={})
-        return loss.detach()
+        return jef_model_step(self, self.model, self.autocast)
 
     def bare_step(self) -> torch.Tensor:
-        total = torch.zeros((), device=self.device)
-        with self.autocast:
-            for shape in dict.fromkeys(v.shape[-2:] for v in self.views):  # one call per resolution, as jef
-                batch = torch.cat([v for v in self.views if v.shape[-2:] == shape])
-                total = total + self.bare(batch).float().mean()
-        total.backward()
-        self.bare.zero_grad(set_to_none=True)
-        return total.detach()
+        return bare_backbone_step(self.bare, self.views, self.bare, self.device, self.autocast)
 
     def block(self, step: Any, steps: int) -> float:
         """Seconds per step over ``steps`` steps."""
-        self._sync()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        self._sync()
-        return (time.perf_counter() - started) / steps
+        return timed_block(step, steps, self.device)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,15 +113,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"the first DINO step's loss is {first}")
         bench.block(bench.dino_step, args.steps)  # warm-up
         bench.block(bench.bare_step, args.steps)
-        dino, bare = [], []
-        for repeat in range(args.repeats):  # interleaved, alternating which goes first
-            pair = [(dino, bench.dino_step), (bare, bench.bare_step)]
-            for times, step in pair if repeat % 2 == 0 else pair[::-1]:
-                times.append(bench.block(step, args.steps))
+        dino, bare, low, high = interleaved(bench.dino_step, bench.bare_step, repeats=args.repeats,
+                                            steps=args.steps, device=bench.device)
         last = float(bench.dino_step())
-    ratios = sorted(d / b for d, b in zip(dino, bare, strict=True))
-    return {"dino": statistics.median(dino), "bare": statistics.median(bare), "ratio_lo": ratios[0],
-            "ratio_hi": ratios[-1], "first_loss": first, "last_loss": last,
+    return {"dino": dino, "bare": bare, "ratio_lo": low, "ratio_hi": high, "first_loss": first, "last_loss": last,
             "backbone_params": bench.backbone_params, "head_params": bench.head_params,
             "peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if bench.device.type == "cuda" else None}
 

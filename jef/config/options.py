@@ -113,6 +113,11 @@ class TrainOptions:
         default="stop", metadata=doc("a NaN/inf loss: stop keeping the last good checkpoint | skip the step"))
     tensorboard: bool = attrs.field(default=True, metadata=doc("write TensorBoard events"))
     progress: bool = attrs.field(default=True, metadata=doc("show a progress bar"))
+    compile: bool = attrs.field(default=False, metadata=doc(
+        "torch.compile the backbone and heads of both branches; the objective, the optimiser and the hooks stay "
+        "eager. The first steps (and the first evaluation) take longer while it compiles"))
+    channels_last: bool = attrs.field(default=False, metadata=doc(
+        "keep the model's 4-D weights, and so its convolutions' activations, in channels-last memory layout"))
 
 
 @attrs.frozen(kw_only=True)

@@ -25,8 +25,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 #: Keys of the resolved pipeline that may change when a run resumes: the length of training (to extend a run; the
 #: learning-rate and momentum schedules then stretch to the new length) and what does not change the computation.
-RESUME_MAY_CHANGE = ("run_dir", "eval", "loggers", "train.epochs", "train.max_steps", "train.progress", "train.tensorboard",
-                     "train.log_every", "train.num_workers", "train.checkpoint_every", "train.checkpoint_every_steps")
+RESUME_MAY_CHANGE = ("run_dir", "eval", "loggers", "train.epochs", "train.max_steps", "train.progress",
+                     "train.tensorboard", "train.log_every", "train.num_workers", "train.checkpoint_every",
+                     "train.checkpoint_every_steps", "train.compile", "train.channels_last")
 
 #: What every checkpoint written by :func:`save_run` holds.
 _RUN_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng")

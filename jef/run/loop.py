@@ -40,6 +40,7 @@ from jef.run.checkpoint import save_run
 from jef.run.directory import RunDir, claim_run_dir
 from jef.run.faults import RunInterrupted, stop_on_signals, sync_point
 from jef.run.launch import check_process_count
+from jef.run.layout import apply_layout
 from jef.run.log import MetricsLogger, plugin_listing
 from jef.run.optim import build_optimizer, lr_lambdas
 from jef.run.progress import TrainProgress
@@ -122,6 +123,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator,
                         persistent_workers=options.num_workers > 0,
                         generator=torch.Generator().manual_seed(pipeline.seed),
                         collate_fn=field_collate(built.model))
+    apply_layout(built.model, options)  # train.channels_last, train.compile: before the optimiser sees it
     # Linear scaling follows the batch of one optimiser step, accumulation included.
     optimizer = build_optimizer(built.model, options.optimizer, step_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
