@@ -220,7 +220,8 @@ def cli_markdown(plugins: Any = None) -> str:
 
 
 #: Pipeline sections documented by ``<!-- jef:options SECTION -->``.
-SECTIONS = {"target": "jef.builtin.targets:EmaTargetOptions", "train": "jef.config.options:TrainOptions",
+SECTIONS = {"target": "jef.builtin.targets:EmaTargetOptions", "model": "jef.config.options:ModelOptions",
+            "train": "jef.config.options:TrainOptions",
             "eval": "jef.config.options:EvalOptions"}
 
 

@@ -327,7 +327,7 @@ def test_generated_option_tables_cover_every_option(hooks_module):
     import attrs
 
     from jef.builtin.targets import EmaTargetOptions as TargetOptions
-    from jef.config.options import EvalOptions, TrainOptions
+    from jef.config.options import EvalOptions, ModelOptions, TrainOptions
 
     def paths(cls, prefix):
         for field in attrs.fields(cls):
@@ -336,7 +336,8 @@ def test_generated_option_tables_cover_every_option(hooks_module):
             else:
                 yield prefix + field.name
 
-    for section, cls in (("target", TargetOptions), ("train", TrainOptions), ("eval", EvalOptions)):
+    for section, cls in (("target", TargetOptions), ("model", ModelOptions), ("train", TrainOptions),
+                         ("eval", EvalOptions)):
         table = hooks_module.options_markdown(section)
         for path in paths(cls, f"{section}."):
             assert f"`{path}`" in table, path

@@ -80,6 +80,8 @@ def test_the_layout_benchmark_runs_and_tables_each_variant_against_eager(tmp_pat
     assert [row.split("|")[2].strip() for row in rows] == ["eager", "channels_last", "per-view calls"]
     assert rows[0].endswith("| 1.00x |")
     # Channels-last computes the same first loss; per-view calls change BatchNorm's statistics, so not quite.
-    losses = dict(part.rsplit(" ", 1) for part in capsys.readouterr().err.split("first losses ")[1].strip().split(", "))
+    err = capsys.readouterr().err  # the first losses' line, then each row as it completes
+    first = next(line for line in err.splitlines() if "first losses " in line).split("first losses ")[1]
+    losses = dict(part.rsplit(" ", 1) for part in first.strip().split(", "))
     assert float(losses["channels_last"]) == pytest.approx(float(losses["eager"]), rel=1e-5)
     assert float(losses["per-view calls"]) != pytest.approx(float(losses["eager"]), rel=1e-5)

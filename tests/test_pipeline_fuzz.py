@@ -45,7 +45,7 @@ from jef.components import DataSplits, RunContext
 from jef.config import LIST_SLOTS, SLOTS, TOP_LEVEL, load_pipeline, resolve
 from jef.run.optim import build_optimizer, lr_lambdas
 from jef.builtin.targets import EmaTargetOptions as TargetOptions
-from jef.config.options import EvalOptions, TrainOptions
+from jef.config.options import EvalOptions, ModelOptions, TrainOptions
 from jef.model.build import build
 from jef.plugins import load_plugins
 from jef.config.overrides import override_source
@@ -275,7 +275,7 @@ def component(kind: str) -> st.SearchStrategy[Any]:
                      st.fixed_dictionaries({"name": junk_names}), VALUES)
 
 
-SECTIONS = {"target": TargetOptions, "train": TrainOptions, "eval": EvalOptions}
+SECTIONS = {"target": TargetOptions, "model": ModelOptions, "train": TrainOptions, "eval": EvalOptions}
 
 
 @functools.cache

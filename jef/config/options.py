@@ -1,4 +1,4 @@
-"""Options of the parts of a pipeline that are not plugin components: training and evaluation."""
+"""Options of the parts of a pipeline that are not plugin components: the model's calls, training and evaluation."""
 
 from typing import Literal
 
@@ -82,6 +82,26 @@ class ScheduleOptions:
     final_lr_ratio: float = attrs.field(
         default=0.0, validator=[v.ge(0.0), v.le(1.0)], metadata=doc("final lr / peak lr")
     )
+
+
+@attrs.frozen(kw_only=True)
+class ModelOptions:
+    """How the joint model calls its networks; the slots (``backbone:``, ``projector:``...) say what they are.
+
+    ``backbone_calls`` decides how many images a backbone sees at once, and so, in training mode, the batch a
+    BatchNorm layer takes its statistics from. ``per_resolution`` (the default) concatenates the views of one size
+    into one call: SimCLR's two views of B images are one batch of 2B, normalised with the statistics of both
+    views together, as SimCLR's implementation does (Chen et al., 2020, arXiv:2002.05709). ``per_view`` calls the
+    backbone once per view (B images), so each view is normalised with its own statistics, as BYOL's
+    implementation and lightly's examples do (Grill et al., 2020, arXiv:2006.07733). The choice holds for every
+    branch that encodes whole views: the online backbone, an EMA target's copy (unless it shuffles BN, which
+    already encodes each view on its own) and named encoders. A backbone without batch statistics (a ViT's
+    LayerNorm, GroupNorm) computes the same either way; only the speed differs (docs/speed.md).
+    """
+
+    backbone_calls: Literal["per_resolution", "per_view"] = attrs.field(default="per_resolution", metadata=doc(
+        "per_resolution: the views of one size in one backbone call (BatchNorm statistics over all of them) | "
+        "per_view: one call per view (each view's own statistics)"))
 
 
 @attrs.frozen(kw_only=True)

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from jef.config.encoders import Encoder, parse_encoders
-from jef.config.options import EvalOptions, TrainOptions
+from jef.config.options import EvalOptions, ModelOptions, TrainOptions
 from jef.config.overrides import apply_overrides, override_source
 from jef.config.provenance import COMMAND_LINE, FILE, RECIPE, Origins, leaf_paths
 from jef.config.validate import ConfigError, build_options, describe, join, short, to_plain
@@ -40,7 +40,8 @@ LIST_SLOTS: dict[str, str] = {"functionals": "functional", "monitors": "monitor"
 WEIGHTED = {"energy", "functionals"}
 #: Keys of the backbone slot beside its options, whatever the backbone (:mod:`jef.model.weights` reads them).
 BACKBONE_KEYS = ("weights", "weights_strict")
-TOP_LEVEL = ("method", "requires", "seed", "run_dir", *SLOTS, *LIST_SLOTS, "encoders", "target", "train", "eval")
+TOP_LEVEL = ("method", "requires", "seed", "run_dir", *SLOTS, *LIST_SLOTS, "encoders", "target", "model", "train",
+             "eval")
 #: Seeds go to torch and numpy; numpy takes 32-bit ones.
 MAX_SEED = 2**32 - 1
 
@@ -126,6 +127,8 @@ class Pipeline:
     loggers: list[Slot] = attrs.field(factory=list)
     #: Named encoders beside the online branch (:mod:`jef.config.encoders`), in file order.
     encoders: dict[str, Encoder] = attrs.field(factory=dict)
+    #: How the joint model calls its backbone (``model:``).
+    model: ModelOptions = attrs.field(factory=ModelOptions)
     #: Which layer set each value (:mod:`jef.config.provenance`); what ``jef config show`` marks. Not compared.
     origins: Origins = attrs.field(factory=Origins, eq=False, repr=False)
 
@@ -143,7 +146,8 @@ class Pipeline:
             "functionals": [s.plain() for s in self.functionals],
             "monitors": [s.plain() for s in self.monitors],
             "loggers": [s.plain() for s in self.loggers], **encoders,
-            "target": self.target.plain(), "train": to_plain(self.train), "eval": to_plain(self.eval),
+            "target": self.target.plain(), "model": to_plain(self.model), "train": to_plain(self.train),
+            "eval": to_plain(self.eval),
         }
 
     def slots(self) -> list[tuple[str, Slot]]:
@@ -433,7 +437,7 @@ def _validate(data: dict[str, Any], method: Entry | None, registry: Registry, so
     return Pipeline(
         source=source, method=method, requires=requires, seed=seed, run_dir=run_dir, **slots, **lists,
         target=target, train=train, eval=build_options(EvalOptions, data.get("eval"), "eval"),
-        encoders=encoders)
+        encoders=encoders, model=build_options(ModelOptions, data.get("model"), "model"))
 
 
 def _check_target_encoder(target: Slot, encoders: Mapping[str, Encoder]) -> None:

@@ -156,7 +156,8 @@ def _build_model(pipeline: Pipeline, ctx: RunContext, *, weights: bool = True, s
     _check_widths(pipeline, energy, functionals, online_dim, target_dim, target.projected)
     objective = Objective(energy, functionals)
     n_global = sum(1 for i in online_views if i < augmenter.n_global)
-    model = JointEmbedding(backbone, projector, predictor, objective, target, n_global, masker, towers)
+    model = JointEmbedding(backbone, projector, predictor, objective, target, n_global, masker, towers,
+                           backbone_calls=pipeline.model.backbone_calls)
     if pipeline.train.sync_bn and ctx.world_size > 1:
         _sync_batch_norm(model)
     monitors = [_make(s, ctx, pipeline, f"monitors.{i}") for i, s in enumerate(pipeline.monitors)]

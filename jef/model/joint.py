@@ -92,7 +92,9 @@ class Objective(nn.Module):
 class JointEmbedding(nn.Module):
     """Online branch (backbone → projector → optional predictor), target branch and objective.
 
-    Views of equal size go through the backbone in one call per resolution.
+    Views of equal size go through the backbone in one call per resolution, or one call per view with
+    ``backbone_calls="per_view"`` (``model.backbone_calls``: :class:`jef.config.options.ModelOptions` says what each
+    does to BatchNorm's statistics).
 
     Args:
         backbone: Maps images to representations ``h``.
@@ -106,12 +108,17 @@ class JointEmbedding(nn.Module):
             takes its masked path (:mod:`jef.model.masked`); it holds no parameters.
         towers: The pipeline's named encoders (:mod:`jef.model.towers`), run at every step; the online branch
             sees the views none of them claims, and ``n_global`` counts the global views among those.
+        backbone_calls: ``per_resolution`` (one backbone call per view size) or ``per_view``.
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module | None, predictor: nn.Module | None,
                  objective: Objective, target: Target | None = None, n_global: int = 2,
-                 masker: nn.Module | None = None, towers: Mapping[str, nn.Module] | None = None) -> None:
+                 masker: nn.Module | None = None, towers: Mapping[str, nn.Module] | None = None,
+                 backbone_calls: str = "per_resolution") -> None:
         super().__init__()
+        if backbone_calls not in ("per_resolution", "per_view"):
+            raise ValueError(f"backbone_calls must be 'per_resolution' or 'per_view', got {backbone_calls!r}")
+        self.backbone_calls = backbone_calls
         self.backbone = backbone
         self.projector = projector if projector is not None else nn.Identity()
         self.predictor = predictor
@@ -136,7 +143,10 @@ class JointEmbedding(nn.Module):
         return [self.masker(view, generator=generator) for view in views]
 
     def encode(self, views: list[Tensor], backbone: nn.Module, projector: nn.Module | None) -> Branch:
-        """Run views through a backbone (one call per resolution) and a projector."""
+        """Run views through a backbone (one call per resolution, or per view) and a projector."""
+        if self.backbone_calls == "per_view":
+            hs = [backbone(view) for view in views]
+            return Branch(h=hs, z=[projector(x) for x in hs] if projector is not None else hs)
         h: list[Tensor | None] = [None] * len(views)
         for shape in dict.fromkeys(v.shape[-2:] for v in views):
             chosen = [i for i, v in enumerate(views) if v.shape[-2:] == shape]

@@ -28,6 +28,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RESUME_MAY_CHANGE = ("run_dir", "eval", "loggers", "train.epochs", "train.max_steps", "train.progress",
                      "train.tensorboard", "train.log_every", "train.num_workers", "train.checkpoint_every",
                      "train.checkpoint_every_steps", "train.compile", "train.channels_last")
+#: Top-level settings added after runs were saved, with the value those runs trained with: a saved pipeline
+#: without the key is no different from a current one that has this value.
+ADDED_SETTINGS: dict[str, Any] = {"model.backbone_calls": "per_resolution"}
 
 #: What every checkpoint written by :func:`save_run` holds.
 _RUN_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng")
@@ -214,7 +217,8 @@ def pipeline_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
             continue
         if (key in old) != (key in new) and _same_component(old, new, key.rpartition(".")[0]):
             continue
-        before, after = old.get(key, "(absent)"), new.get(key, "(absent)")
+        absent = ADDED_SETTINGS.get(key, "(absent)")
+        before, after = old.get(key, absent), new.get(key, absent)
         if before != after:
             lines.append(f"{key}: {before!r} -> {after!r}")
     return lines
