@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from compare_common import _timings, evaluate, fixed_views, make_backbone, normalisation, setup
+from compare_common import JEF_RECIPES, _timings, evaluate, fixed_views, make_backbone, normalisation, setup
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,7 +96,9 @@ class LightlyMethod(nn.Module):
         from lightly.models.modules import heads as H
         from lightly.models.utils import deactivate_requires_grad
 
-        self.method, self.total_steps = pipeline.method.name, total_steps
+        # The compared method's name: jef's recipe for it may have another (dino -> dino_resnet).
+        recipes = {recipe: method for method, recipe in JEF_RECIPES.items()}
+        self.method, self.total_steps = recipes.get(pipeline.method.name, pipeline.method.name), total_steps
         m, d = self.method, backbone.out_dim
         proj = pipeline.projector.options
         self.backbone, self.target_momentum = backbone, None

@@ -40,7 +40,8 @@ TINY = ["--seeds", "0", "--steps", "3", "--subset-train", "256", "--subset-test"
         "--step-repeats", "1", "--warmup-steps", "1", "--window", "1"]
 
 
-@pytest.mark.parametrize("method", ["byol"])
+# dino: its jef recipe is dino_resnet, a name the lightly side must map back
+@pytest.mark.parametrize("method", ["byol", "dino"])
 def test_both_frameworks_train_and_step(script, method, tmp_path, capsys):
     out = tmp_path / "results.json"
     report = script.main(["--methods", method, *TINY, "--out", str(out)])

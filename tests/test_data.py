@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jef.components import DataSplits, RunContext
+from jef.data.base import InMemoryImages
 from jef.data.bundled import DEBIAN_DIR
 from jef.data.fashion import FashionMiniOptions, FashionOptions, build_fashion_mnist, build_fashion_mnist_mini
 from jef.data.fields import as_fields
@@ -101,6 +102,32 @@ def test_idx_errors(tmp_path):
     (tmp_path / "bad.gz").write_bytes(b"\x1f\x8bnot gzip at all")
     with pytest.raises(IdxFormatError, match="bad.gz"):
         read_idx(tmp_path / "bad.gz")
+
+
+def test_idx_reads_into_one_writable_buffer_that_the_images_keep(tmp_path):
+    array = np.arange(6 * 8 * 8, dtype=np.uint8).reshape(6, 8, 8)
+    for name in ("raw.idx", "packed.gz"):
+        back = read_idx(write_idx(tmp_path / name, array))
+        assert back.flags.writeable  # InMemoryImages then takes it without a copy of the whole set
+        np.testing.assert_array_equal(back, array)
+        images = InMemoryImages(back)
+        assert np.shares_memory(images.images.numpy(), back)
+
+
+def test_idx_gzip_whose_trailer_does_not_give_the_size(tmp_path):
+    array = np.arange(300, dtype=np.int16).reshape(3, 100)
+    data = gzip.decompress(write_idx(tmp_path / "a.gz", array).read_bytes())
+    # Two gzip members (ISIZE is the last one's size) and a trailer that lies: the reader still gets every byte.
+    (tmp_path / "members.gz").write_bytes(gzip.compress(data[:50]) + gzip.compress(data[50:]))
+    np.testing.assert_array_equal(read_idx(tmp_path / "members.gz"), array)
+    lying = bytearray(gzip.compress(data))
+    lying[-4:] = (10).to_bytes(4, "little")  # a wrong ISIZE fails gzip's own check, as a damaged file should
+    (tmp_path / "lying.gz").write_bytes(bytes(lying))
+    with pytest.raises(IdxFormatError, match="lying.gz: corrupt gzip stream"):
+        read_idx(tmp_path / "lying.gz")
+    (tmp_path / "short.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(IdxFormatError, match="short.gz: corrupt gzip stream"):
+        read_idx(tmp_path / "short.gz")
 
 
 def test_idx_dataset(tmp_path):
