@@ -17,6 +17,12 @@ METHODS = ("simclr", "moco_v2", "byol", "simsiam", "barlowtwins", "vicreg", "swa
 #: The jef recipe behind a compared method, where the names differ: the comparison trains a ResNet, and
 #: `method: dino` is the ViT-S/16 setting (224 px crops, AdamW).
 JEF_RECIPES = {"dino": "dino_resnet"}
+_COMPARED = {recipe: method for method, recipe in JEF_RECIPES.items()}
+
+
+def compared_method(pipeline) -> str:  # noqa: ANN001
+    """The compared method a resolved pipeline is of: jef's recipe for it may have another name (dino_resnet)."""
+    return _COMPARED.get(pipeline.method.name, pipeline.method.name)
 FRAMEWORKS = ("jef", "lightly")
 
 
@@ -159,8 +165,8 @@ def evaluate(backbone: nn.Module, arrays: dict[str, Tensor], pipeline, cfg: dict
     """kNN (k=200, T=0.1) and linear-probe top-1 of frozen features: centre view (the whole 28x28 image,
     resized to the views' side with ``--image-size``), scaled to [0, 1] and normalised as the training views;
     the training subset is the bank / probe set."""
-    from jef.evaluate import knn_top1, linear_probe
     from jef.config.options import LinearProbeOptions
+    from jef.evaluate import knn_top1, linear_probe
 
     mean, std = normalisation(pipeline)
     side = cfg.get("image_size") or 28

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from compare_common import JEF_RECIPES, _timings, evaluate, fixed_views, make_backbone, normalisation, setup
+from compare_common import _timings, compared_method, evaluate, fixed_views, make_backbone, normalisation, setup
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------------------------------------------------
@@ -21,7 +21,7 @@ def lightly_transform(pipeline):  # noqa: ANN201
     factors, so brightness etc. mean the same on both sides)."""
     import lightly.transforms as T
 
-    o, method = pipeline.augmenter.options, pipeline.method.name
+    o, method = pipeline.augmenter.options, compared_method(pipeline)
     size = o.size or 28  # null: the data's side (Fashion-MNIST: 28)
     local = o.local_size or max(1, round(size * 96 / 224))  # jef's default local side
     mean, std = normalisation(pipeline)
@@ -96,9 +96,7 @@ class LightlyMethod(nn.Module):
         from lightly.models.modules import heads as H
         from lightly.models.utils import deactivate_requires_grad
 
-        # The compared method's name: jef's recipe for it may have another (dino -> dino_resnet).
-        recipes = {recipe: method for method, recipe in JEF_RECIPES.items()}
-        self.method, self.total_steps = recipes.get(pipeline.method.name, pipeline.method.name), total_steps
+        self.method, self.total_steps = compared_method(pipeline), total_steps
         m, d = self.method, backbone.out_dim
         proj = pipeline.projector.options
         self.backbone, self.target_momentum = backbone, None

@@ -69,3 +69,23 @@ def test_same_initial_backbone(script):
     a, b = make_backbone(cfg), make_backbone(cfg)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert (x == y).all(), name
+
+
+def test_lightly_makes_each_method_s_views(script):
+    """lightly's transform makes the views jef's recipe makes: DINO's 2 global and n local crops, not 2 views."""
+    import torch
+    from compare_common import _JefBench, _resolve
+    from compare_lightly_side import lightly_transform
+    from PIL import Image
+
+    from jef.config import resolve
+    from jef.plugins import load_plugins
+
+    cfg = {"method": "dino", "seed": 0, "subset_train": 256, "epochs": 1, "batch_size": 32, "precision": "no",
+           "queue": 64, "framework": "lightly", "width": 4, "blocks": [1, 1, 1, 1]}
+    plugins = load_plugins(extra=(("compare_lightly", _JefBench(cfg)._hooks()),))  # its backbone, bench_resnet
+    pipeline = _resolve(cfg, plugins, resolve)
+    options = pipeline.augmenter.options
+    views = lightly_transform(pipeline)(Image.fromarray(torch.zeros(28, 28, dtype=torch.uint8).numpy(), mode="L"))
+    assert len(views) == options.n_global + options.n_local > 2
+    assert [v.shape[-1] for v in views] == [28] * options.n_global + [options.local_size or 12] * options.n_local
