@@ -138,6 +138,10 @@ class TrainOptions:
         "eager. The first steps (and the first evaluation) take longer while it compiles"))
     channels_last: bool = attrs.field(default=False, metadata=doc(
         "keep the model's 4-D weights, and so its convolutions' activations, in channels-last memory layout"))
+    cpu_malloc: Literal["reuse", "system"] = attrs.field(default="reuse", metadata=doc(
+        "a CPU run on Linux (glibc): reuse keeps freed memory in the process for the next step, where glibc maps "
+        "fresh pages for each large tensor (faster steps with tensors over 32 MiB, a higher peak) | system: "
+        "glibc's defaults"))
 
 
 @attrs.frozen(kw_only=True)

@@ -27,7 +27,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 #: learning-rate and momentum schedules then stretch to the new length) and what does not change the computation.
 RESUME_MAY_CHANGE = ("run_dir", "eval", "loggers", "train.epochs", "train.max_steps", "train.progress",
                      "train.tensorboard", "train.log_every", "train.num_workers", "train.checkpoint_every",
-                     "train.checkpoint_every_steps", "train.compile", "train.channels_last")
+                     "train.checkpoint_every_steps", "train.compile", "train.channels_last", "train.cpu_malloc")
 #: Top-level settings added after runs were saved, with the value those runs trained with: a saved pipeline
 #: without the key is no different from a current one that has this value.
 ADDED_SETTINGS: dict[str, Any] = {"model.backbone_calls": "per_resolution"}

@@ -6,10 +6,9 @@ Runs unchanged on:
   - several GPUs:      accelerate launch --multi_gpu -m jef train pipeline.yaml
   - several nodes:     accelerate launch --num_machines N ... -m jef train pipeline.yaml
 
-Build everything, one ``accelerator.prepare(...)``, then a plain loop with the
-run hooks at named points: ``jef_run_start``, ``jef_train_step`` (the loss),
-``jef_after_backward``, ``jef_step_end``, ``jef_epoch_end``, ``jef_run_end``.
-Evaluation is a built-in plugin on ``jef_run_end`` (:mod:`jef.builtin.evaluation`).
+Build everything, one ``accelerator.prepare(...)``, then a plain loop with the run hooks at named points:
+``jef_run_start``, ``jef_train_step`` (the loss), ``jef_after_backward``, ``jef_step_end``, ``jef_epoch_end``,
+``jef_run_end``. Evaluation is a built-in plugin on ``jef_run_end`` (:mod:`jef.builtin.evaluation`).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from jef.run.accumulation import Accumulation, as_step_result
 from jef.run.checkpoint import save_run
 from jef.run.directory import RunDir, claim_run_dir
 from jef.run.faults import RunInterrupted, stop_on_signals, sync_point
+from jef.run.host_memory import cpu_malloc
 from jef.run.launch import check_process_count
 from jef.run.layout import apply_layout
 from jef.run.log import MetricsLogger, plugin_listing
@@ -89,7 +89,8 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None,
                               step_scheduler_with_optimizer=False)
     check_process_count(accelerator.num_processes, source=pipeline.source)  # before any write
     torch.manual_seed(pipeline.seed + accelerator.process_index)
-    with claim_run_dir(pipeline, run_dir, accelerator, resume=resume, overwrite=overwrite) as claim:
+    with (claim_run_dir(pipeline, run_dir, accelerator, resume=resume, overwrite=overwrite) as claim,
+          cpu_malloc(options.cpu_malloc, accelerator.device)):
         return _train(pipeline, plugins, accelerator, claim)  # locked until it returns or raises
 
 
