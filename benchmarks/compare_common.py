@@ -3,7 +3,6 @@ the jef worker (``jef.run.loop.train`` with a plugin that times every step)."""
 
 from __future__ import annotations
 
-import resource
 import statistics
 import tempfile
 import time
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from memory import Phases, peak_memory_mib
 from torch import Tensor, nn
 
 METHODS = ("simclr", "moco_v2", "byol", "simsiam", "barlowtwins", "vicreg", "swav", "dino")
@@ -104,6 +104,7 @@ class _JefBench:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg, self.stamps, self.backbone = cfg, [], None
         self.fixed_views: list[Tensor] | None = None
+        self.phases = Phases()
 
     def _build(self, options: Any, ctx: Any) -> nn.Module:
         self.backbone = make_backbone(self.cfg)
@@ -128,10 +129,10 @@ class _JefBench:
 
             @hookimpl(tryfirst=True)
             def jef_train_step(self, run, batch):  # noqa: ANN001, ANN201
+                bench.phases.mark("loop_start")  # the model built, jef's data set loaded, the first batch drawn
                 if bench.fixed_views is None:
                     return None  # the default step: jef's augmenter on the batch
-                loss, terms, outputs = run.model(bench.fixed_views, batch[2])
-                return {"loss": loss, "terms": terms, "outputs": outputs}
+                return run.model(bench.fixed_views, batch[2])  # a StepResult
 
         return Hooks()
 
@@ -199,12 +200,6 @@ def step_intervals(stamps: list[float], warmup: int) -> list[float]:
     return [b - a for a, b in zip(s[:-1], s[1:], strict=True)]
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def fixed_views(pipeline, arrays: dict[str, Tensor], cfg: dict[str, Any], device: torch.device) -> list[Tensor]:
     """One batch's views, made once by jef's augmenter from a fixed seed: the same tensors on both sides."""
     from jef.augment.views import ViewsAugmenter
@@ -225,6 +220,7 @@ def setup(cfg: dict[str, Any]) -> tuple[_JefBench, Any, Any, torch.device, dict[
     from jef.plugins import load_plugins
 
     bench = _JefBench(cfg)
+    bench.phases.mark("start")  # torch and jef imported
     plugins = load_plugins(extra=(("compare_lightly", bench._hooks()),))
     return bench, plugins, _resolve(cfg, plugins, resolve), _device(cfg), load_arrays(cfg)
 
@@ -233,13 +229,16 @@ def run_jef(cfg: dict[str, Any]) -> dict[str, Any]:
     from jef.run.loop import train
 
     bench, plugins, pipeline, device, arrays = setup(cfg)
+    bench.phases.mark("setup")  # the pipeline resolved, the benchmark's arrays loaded
     if cfg["mode"] == "step":
         bench.fixed_views = fixed_views(pipeline, arrays, cfg, device)
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.perf_counter()
         metrics = train(pipeline, run_dir=run_dir, plugins=plugins, cpu=device.type == "cpu")
         wall = time.perf_counter() - t0
+    bench.phases.mark("loop_end")
     result = _timings(bench.stamps, cfg, wall, device)
+    result["memory"] = bench.phases.marks
     result["final_loss"] = float(metrics.get("loss", float("nan")))
     if cfg["mode"] == "train":
         result.update(evaluate(bench.backbone, arrays, pipeline, cfg, device))

@@ -108,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=5, help="steps per throughput window")
     p.add_argument("--step-steps", type=int, default=30, help="steps of each model-step-alone run (0: skip)")
     p.add_argument("--step-repeats", type=int, default=3, help="interleaved model-step-alone runs per framework")
+    p.add_argument("--no-train", action="store_true", help="only the model-step-alone runs (no training, no scores)")
     p.add_argument("--jef-override", action="append", default=[], metavar="KEY=VALUE",
                    help="a jef pipeline override for jef's runs only (repeatable), e.g. target.shuffle_bn=false: "
                         "for ablations, no longer identical work")
@@ -122,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _fmt(x: float, spec: str = ".1f") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _ratio(a: float, b: float) -> str:
+    """``a / b`` as ``1.23x``; a dash where either is missing (no training runs: no end-to-end ratio)."""
+    r = a / b if b else math.nan
+    return "—" if math.isnan(r) else f"{r:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _write_json(Path(args.out), report)  # after every run: a failure later loses nothing measured
 
     for method in args.methods:
-        for i, seed in enumerate(args.seeds):
+        for i, seed in enumerate([] if args.no_train else args.seeds):
             order = args.frameworks if i % 2 == 0 else args.frameworks[::-1]  # alternate who goes first
             for fw in order:
                 cfg = {**base, "method": method, "seed": seed, "framework": fw, "mode": "train"}
@@ -199,18 +206,51 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             ips = statistics.median(r["images_per_s"] for r in train) if train else float("nan")
             ms = statistics.median(r["ms_per_step"] for r in step) if step else float("nan")
             mem = max(r["peak_mib"] for r in train) if train else float("nan")
-            summary[(method, fw)] = (ips, ms)
+            step_mem = statistics.median(r["peak_mib"] for r in step) if step else float("nan")
+            summary[(method, fw)] = (ips, ms, step_mem)
             knn = " / ".join(f"{100 * r['knn_top1']:.1f}" for r in train)
             lin = " / ".join(f"{100 * r['linear_top1']:.1f}" for r in train)
             loss = " / ".join(f"{r['final_loss']:.3f}" for r in train)
             lines.append(f"| {method} | {fw} | {_fmt(ips, '.0f')} | {_fmt(ms)} | {_fmt(mem, '.0f')} | {knn} | "
                          f"{lin} | {loss} |")
     if set(args.frameworks) == set(FRAMEWORKS):
-        lines += ["", "| method | e2e jef / lightly | step alone lightly ms / jef ms |", "|---|---:|---:|"]
+        lines += ["", "| method | e2e jef / lightly | step alone lightly ms / jef ms | step-alone peak jef / lightly |",
+                  "|---|---:|---:|---:|"]
         for method in args.methods:
-            (ji, jm), (li, lm) = summary[(method, "jef")], summary[(method, "lightly")]
-            lines.append(f"| {method} | {_fmt(ji / li, '.2f')}x | {_fmt(lm / jm, '.2f')}x |")
-    return "\n".join(lines)
+            (ji, jm, jp), (li, lm, lp) = summary[(method, "jef")], summary[(method, "lightly")]
+            lines.append(f"| {method} | {_ratio(ji, li)} | {_ratio(lm, jm)} | {_ratio(jp, lp)} |")
+    return "\n".join(lines + memory_phases(report, args))
+
+
+PHASES = ("start", "setup", "loop_start", "loop_end")
+
+
+def memory_phases(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The peak host memory of each worker split by phase (medians over its runs): what the imports, the
+    benchmark's set-up, the loop's own set-up (model, data set, first batch) and the steps each added."""
+    rows = [r for r in report["results"] if set(PHASES) <= set(r.get("memory", {}))]
+    if not rows:
+        return []  # raw results from before the harness recorded phases
+    lines = ["", "Peak host memory (MiB) by phase: the imports; the benchmark's arrays and jef's pipeline; the "
+             "loop's own set-up (model, optimiser, jef's data set, the first batch); the steps. Page faults: the "
+             "loop's minor faults per step, the first steps included.", "",
+             "| method | framework | run | imports | + set-up | + loop set-up | + steps | peak | page faults / step |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for method in args.methods:
+        for fw in args.frameworks:
+            for mode in ("train", "step"):
+                steps_of = [r for r in rows if (r["method"], r["framework"], r["mode"]) == (method, fw, mode)]
+                runs = [r["memory"] for r in steps_of]
+                if not runs:
+                    continue
+                peak = [statistics.median(m[p]["peak_mib"] for m in runs) for p in PHASES]
+                added = [peak[0]] + [b - a for a, b in zip(peak, peak[1:], strict=False)]
+                faults = [(m["loop_end"]["minor_faults"] - m["loop_start"]["minor_faults"]) / max(r["steps"], 1)
+                          for m, r in zip(runs, steps_of, strict=True) if "minor_faults" in m["loop_end"]]
+                fault_rate = statistics.median(faults) if faults else math.nan
+                lines.append(f"| {method} | {fw} | {mode} | " + " | ".join(f"{x:.0f}" for x in added)
+                             + f" | {peak[-1]:.0f} | {_fmt(fault_rate, '.0f')} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -236,7 +236,9 @@ def lightly_optimizer(model: LightlyMethod, pipeline, steps_per_epoch: int, tota
 
 
 def run_lightly(cfg: dict[str, Any]) -> dict[str, Any]:
-    _, _, pipeline, device, arrays = setup(cfg)  # jef resolves every setting; its timing plugin is unused here
+    bench, _, pipeline, device, arrays = setup(cfg)  # jef resolves every setting; of its plugin only the phases
+    phases = bench.phases  # are used here
+    phases.mark("setup")
     torch.manual_seed(cfg["seed"])
     steps_per_epoch = cfg["subset_train"] // cfg["batch_size"]
     total = steps_per_epoch * cfg["epochs"]
@@ -248,6 +250,7 @@ def run_lightly(cfg: dict[str, Any]) -> dict[str, Any]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
 
     def one_step(views: list[Tensor], step: int, epoch: int) -> Tensor:
+        phases.mark("loop_start")  # lightly imported, the model built, the first batch drawn (by the workers)
         with autocast:
             loss = model.loss(views, step, epoch)
         optimizer.zero_grad(set_to_none=True)
@@ -287,7 +290,9 @@ def run_lightly(cfg: dict[str, Any]) -> dict[str, Any]:
             if step >= total:
                 break
     wall = time.perf_counter() - t0
+    phases.mark("loop_end")
     result = _timings(stamps, cfg, wall, device)
+    result["memory"] = phases.marks
     result["final_loss"] = float(loss)
     if cfg["mode"] == "train":
         result.update(evaluate(model.backbone, arrays, pipeline, cfg, device))

@@ -63,12 +63,12 @@ class FixedViews:
         self.first_loss: torch.Tensor | None = None
 
     @hookimpl(tryfirst=True)
-    def jef_train_step(self, run: Any, batch: Any) -> dict[str, Any]:
+    def jef_train_step(self, run: Any, batch: Any) -> Any:
         _, views, indices = batch
-        loss, terms, outputs = run.model(views, indices)
+        result = run.model(views, indices)  # a StepResult
         if self.first_loss is None:
-            self.first_loss = loss.detach().clone()
-        return {"loss": loss, "terms": terms, "outputs": outputs}
+            self.first_loss = result.loss.detach().clone()
+        return result
 
 
 class FixedLoader:
@@ -203,17 +203,16 @@ class Bench:
 
 
 def measure(method: str, args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from jef.run.state import run_plugins
     from jef.run.log import MetricsLogger
+    from jef.run.progress import TrainProgress
+    from jef.run.state import run_plugins
     from jef.testing import temporary_plugin
 
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(method, args, plugins, Path(tmp))
         built, hook = bench.built, plugins.manager.hook
         logger = MetricsLogger(Path(tmp), enabled=False)
-        bar = tqdm(disable=True)
+        bar = TrainProgress(method, bench.total, 0, bench.loader.steps, enabled=False)  # the loop's own, silent
         with run_plugins(plugins, [*built.components.values(), *built.monitors]), \
                 temporary_plugin(plugins, bench.fixed, name="benchmark-fixed-views"):
             hook.jef_run_start(run=bench.run)

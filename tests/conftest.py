@@ -23,3 +23,27 @@ def buggy_backbone():
         "    def build(options, ctx):\n"
         "        return None.out_dim  # a bug in the plugin\n"
         "    register('buggy', build)\n")
+
+
+
+@pytest.fixture(scope="module")
+def benchmark_script():
+    """``benchmark_script("scaling")``: ``benchmarks/scaling.py`` imported as module ``scaling``; the entry the
+    scripts put on ``sys.path`` for their siblings is removed afterwards."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    there = folder in sys.path
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(folder) / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    while not there and folder in sys.path:
+        sys.path.remove(folder)

@@ -89,3 +89,37 @@ def test_lightly_makes_each_method_s_views(script):
     views = lightly_transform(pipeline)(Image.fromarray(torch.zeros(28, 28, dtype=torch.uint8).numpy(), mode="L"))
     assert len(views) == options.n_global + options.n_local > 2
     assert [v.shape[-1] for v in views] == [28] * options.n_global + [options.local_size or 12] * options.n_local
+
+
+def test_no_train_runs_only_the_step_alone_runs(script, tmp_path, capsys):
+    out = tmp_path / "steps.json"
+    report = script.main(["--methods", "simsiam", *TINY, "--step-repeats", "2", "--no-train", "--out", str(out)])
+    runs = [(r["framework"], r["mode"]) for r in report["results"]]
+    assert runs == [("jef", "step"), ("lightly", "step"), ("lightly", "step"), ("jef", "step")]  # interleaved
+    table = capsys.readouterr().out
+    assert "| simsiam | — |" in table  # no end-to-end ratio without training runs
+    assert "| simsiam | jef | — |" in table
+
+
+def test_profile_step_profiles_both_sides():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.main(["--method", "simsiam", "--width", "4", "--batch-size", "16", "--threads", "1",
+                        "--short", "1", "--long", "2", "--top", "5"])
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == 5
+    total = next(line for line in text.splitlines() if line.startswith("| **all operators"))
+    jef_ms, lightly_ms = (float(x) for x in total.split("|")[2:4])
+    assert jef_ms > 0 and lightly_ms > 0
+
+
+def test_each_worker_records_its_memory_by_phase(script, tmp_path, capsys):
+    report = script.main(["--methods", "simclr", *TINY, "--out", str(tmp_path / "r.json")])
+    for r in report["results"]:
+        peaks = [r["memory"][p]["peak_mib"] for p in ("start", "setup", "loop_start", "loop_end")]
+        assert peaks == sorted(peaks) and peaks[0] > 0, (r["framework"], r["mode"], peaks)
+        assert r["peak_mib"] >= peaks[-1]
+    assert "| simclr | lightly | step |" in capsys.readouterr().out

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from jef.config import resolve
 from jef.plugins import load_plugins
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
-
 
 @pytest.fixture(scope="module")
-def scaling():
-    spec = importlib.util.spec_from_file_location("scaling", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(PATH.parent))
+def scaling(benchmark_script):
+    return benchmark_script("scaling")
 
 
 def test_every_row_of_every_axis_resolves(scaling):
