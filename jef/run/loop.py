@@ -6,9 +6,9 @@ Runs unchanged on:
   - several GPUs:      accelerate launch --multi_gpu -m jef train pipeline.yaml
   - several nodes:     accelerate launch --num_machines N ... -m jef train pipeline.yaml
 
-Build everything, one ``accelerator.prepare(...)``, then a plain loop with the run hooks at named points:
-``jef_run_start``, ``jef_train_step`` (the loss), ``jef_after_backward``, ``jef_step_end``, ``jef_epoch_end``,
-``jef_run_end``. Evaluation is a built-in plugin on ``jef_run_end`` (:mod:`jef.builtin.evaluation`).
+Build everything, one ``accelerator.prepare(...)``, then a plain loop, run hooks at named points:
+``jef_run_start``, ``jef_train_step`` (the loss), ``jef_after_backward``, ``jef_step_end``,
+``jef_epoch_end``, ``jef_run_end`` (where evaluation runs: :mod:`jef.builtin.evaluation`).
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def train(pipeline: Pipeline, *, run_dir: str | Path | None = None,
                               step_scheduler_with_optimizer=False)
     check_process_count(accelerator.num_processes, source=pipeline.source)  # before any write
     torch.manual_seed(pipeline.seed + accelerator.process_index)
-    with (claim_run_dir(pipeline, run_dir, accelerator, resume=resume, overwrite=overwrite) as claim,
-          cpu_malloc(options.cpu_malloc, accelerator.device)):
+    claiming = claim_run_dir(pipeline, run_dir, accelerator, resume=resume, overwrite=overwrite)
+    with claiming as claim, cpu_malloc(options.cpu_malloc, accelerator.device):
         return _train(pipeline, plugins, accelerator, claim)  # locked until it returns or raises
 
 
@@ -124,7 +124,7 @@ def _train(pipeline: Pipeline, plugins: Plugins, accelerator: Accelerator,
                         persistent_workers=options.num_workers > 0,
                         generator=torch.Generator().manual_seed(pipeline.seed),
                         collate_fn=field_collate(built.model))
-    apply_layout(built.model, options)  # train.channels_last, train.compile: before the optimiser sees it
+    apply_layout(built.model, options)  # channels_last, compile: before the optimiser sees it
     # Linear scaling follows the batch of one optimiser step, accumulation included.
     optimizer = build_optimizer(built.model, options.optimizer, step_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
