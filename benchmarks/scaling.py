@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import command_line, emit, load_average, machine  # noqa: E402
+from memory import host_peak_mib, resident_mib  # noqa: E402
 
 MODEL = {"backbone": {"name": "small_cnn", "width": 32}}
 #: Each axis: (label, the method and settings of each row, the work of each row relative to the first).
@@ -52,11 +52,6 @@ AXES: dict[str, list[tuple[str, dict[str, Any], float]]] = {
                    1.0) for p in (1, 2)],
 }
 SLACK = 1.25
-
-
-def resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class Stamps:
@@ -109,7 +104,7 @@ def train_one(row: dict[str, Any], steps: int, warmup: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as run_dir:
         train(pipeline, run_dir=run_dir, plugins=plugins, cpu=True)
     intervals = [b - a for a, b in zip(stamps.stamps[warmup:-1], stamps.stamps[warmup + 1:], strict=True)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = host_peak_mib()
     return {"ms": 1000 * statistics.median(intervals), "added_mib": peak - stamps.start_mib}
 
 

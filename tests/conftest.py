@@ -25,7 +25,6 @@ def buggy_backbone():
         "    register('buggy', build)\n")
 
 
-
 @pytest.fixture(scope="module")
 def benchmark_script():
     """``benchmark_script("scaling")``: ``benchmarks/scaling.py`` imported as module ``scaling``; the entry the
